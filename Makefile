@@ -1,0 +1,50 @@
+# Everything a fresh machine needs is installed from here: venv, CPU torch, Debian packages.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+APT_PKGS := tesseract-ocr fonts-dejavu-core chromium
+
+.PHONY: demo test install sysdeps bench train-glyph clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# A CPU torch where no GPU is present: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; \
+	else $(PIP) install -q "torch==$(TORCH_VERSION)" || $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PIP) install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP) sysdeps
+
+# Debian packages: Tesseract for OCR, DejaVu fonts for the glyph model's data, Chromium for the report test.
+sysdeps:
+	@missing=""; \
+	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/diffprobe demo --out demo_out
+
+bench: install
+	$(PY) benchmarks/bench_interventions.py
+
+train-glyph: install
+	$(PY) -m diffprobe.zoo.glyph.train --out runs/glyph --seed 0
+
+clean:
+	rm -rf $(VENV) demo_out runs

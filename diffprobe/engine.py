@@ -1,0 +1,218 @@
+"""The engine: run a batch of variants through the full denoising loop in one nnsight trace.
+
+How it works. All rows of a :class:`~diffprobe.plan.Plan` go into *one* pipeline call (one nnsight
+invoke holding the list of prompts, one generator per row so that every row draws exactly the
+noise it would draw alone). Inside the trace, a loop over ``tracer.iter[steps]`` visits each
+denoising step that has work; at each step it walks the touched sites in execution order and, for
+each, reads the K/V projection outputs (or the attention output), builds an edited copy and
+assigns it back. Because every row of the batch lives in the same tensor, a Patch is a row copy
+inside one forward pass: the source row's value at this site and step is right there, so no
+cache of all steps is kept, no barrier round-trips between invokes are needed, and memory does
+not grow with the number of steps. Edits are assignments (``env.output = new``), never in-place
+writes, which nnsight may silently drop.
+
+Only this module and ``zoo/`` import nnsight. Nothing is installed on the model outside a trace:
+nnsight removes its hooks when the trace exits, also when it exits by an exception.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .plan import CapOp, KvOp, OutOp, Plan, SitePlan
+
+__all__ = ["run_plan", "EngineResult"]
+
+
+@dataclass
+class EngineResult:
+    """Images (uint8, one per variant) and captured tensors (name -> variant -> [step, ...])."""
+
+    images: np.ndarray
+    captures: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    capture_steps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _resolve(envoy, path: str):
+    for part in path.split("."):
+        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+    return envoy
+
+
+def _offsets(rows_in_tensor: int, n_rows: int) -> dict[str, int] | None:
+    """Where each CFG half starts in a tensor of ``rows_in_tensor`` rows ([uncond..., cond...])."""
+    if rows_in_tensor == 2 * n_rows:
+        return {"uncond": 0, "cond": n_rows}
+    if rows_in_tensor == n_rows:
+        return {"cond": 0}
+    return None
+
+
+def _write(new: torch.Tensor, dst: int, value: torch.Tensor, heads, n_heads: int, tokens: int | None) -> None:
+    target = new[dst] if tokens is None else new[dst, :tokens]
+    if tokens is not None:
+        value = value[:tokens]
+    if heads is None:
+        target.copy_(value)
+        return
+    shape = (target.shape[0], n_heads, -1)
+    target.view(shape)[:, list(heads)] = value.reshape(shape)[:, list(heads)]
+
+
+def _edit_kv(x: torch.Tensor, ops: Sequence[KvOp], j: int, plan: Plan, site, text_len, injected) -> torch.Tensor:
+    offs = _offsets(x.shape[0], len(plan.rows))
+    if offs is None:
+        raise RuntimeError(f"unexpected batch of {x.shape[0]} rows at {site.name} for {len(plan.rows)} rows")
+    new = x.clone()
+    tokens = text_len if site.text_prefix else None
+    for op in ops:
+        for half in op.halves:
+            if half not in offs:
+                continue  # no CFG in this run: the uncond half does not exist
+            dst = offs[half] + op.row
+            kind = op.source[0]
+            if kind == "row":
+                value = x[offs[half] + op.source[1]]
+            elif kind == "zero":
+                value = torch.zeros_like(x[dst])
+            else:
+                value = injected[(op.source[1], site.name)][half][j].to(x.dtype)
+            _write(new, dst, value, op.heads, site.heads, tokens)
+    return new
+
+
+def _scale_one(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int) -> torch.Tensor:
+    offs = _offsets(t.shape[0], n_rows)
+    if offs is None:
+        return t
+    new = t.clone()
+    for op in ops:
+        for half in op.halves:
+            if half in offs:
+                r = offs[half] + op.row
+                if op.heads is None:
+                    new[r] = t[r] * op.factor
+                else:
+                    view = new[r].view(*new[r].shape[:-1], n_heads, -1)
+                    view[..., list(op.heads), :] = view[..., list(op.heads), :] * op.factor
+    return new
+
+
+def _edit_output(out, ops: Sequence[OutOp], n_rows: int, n_heads: int):
+    if isinstance(out, torch.Tensor):
+        return _scale_one(out, ops, n_rows, n_heads)
+    return type(out)(
+        _scale_one(o, ops, n_rows, n_heads) if isinstance(o, torch.Tensor) else o for o in out
+    )
+
+
+def _record(store, ops: Sequence[CapOp], value, n_rows: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        value = value[0]
+    offs = _offsets(value.shape[0], n_rows)
+    if offs is None:
+        return
+    for op in ops:
+        if op.half in offs:
+            store[op.name][op.variant].append(value[offs[op.half] + op.row].detach().clone())
+
+
+def precompute_injections(probe, plan: Plan) -> dict:
+    """K/V for Inject / Ablate(mean|empty): (key, site name) -> {half: (k, v)}; no denoiser run."""
+    if not plan.injections:
+        return {}
+    adapter, pipe, denoiser = probe.adapter, probe.pipeline, probe.denoiser
+    states: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, (prompt, negative, mean_over) in plan.injections.items():
+        prompts = list(mean_over) or [prompt]
+        cond, uncond = adapter.encode(pipe, prompts, [negative] * len(prompts) if negative else None)
+        states[key] = (cond.mean(0), uncond.mean(0))
+    out: dict = {}
+    with torch.no_grad():
+        for sp in plan.sites:
+            for op in sp.kv:
+                if op.source[0] != "tensor" or (op.source[1], sp.site.name) in out:
+                    continue
+                cond, uncond = states[op.source[1]]
+                out[(op.source[1], sp.site.name)] = {
+                    "cond": [t[0] for t in adapter.site_kv(denoiser, sp.site, cond[None])],
+                    "uncond": [t[0] for t in adapter.site_kv(denoiser, sp.site, uncond[None])],
+                }
+    return out
+
+
+def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected) -> None:
+    n = len(plan.rows)
+    for sp in plan.sites:
+        if sp.site is None:
+            ops = sp.cap_at(step, "denoiser")
+            if ops:
+                _record(store, ops, denoiser_env.output, n)
+            continue
+        kv_ops, out_ops = sp.kv_at(step), sp.out_at(step)
+        kv_caps, out_caps = sp.cap_at(step, "kv"), sp.cap_at(step, "output")
+        if not (kv_ops or out_ops or kv_caps or out_caps):
+            continue
+        attn = _resolve(denoiser_env, sp.site.name)
+        if kv_ops or kv_caps:
+            for j, sub in enumerate(sp.site.kv):
+                env = getattr(attn, sub)
+                value = env.output
+                if kv_ops:
+                    value = _edit_kv(value, kv_ops, j, plan, sp.site, text_len, injected)
+                    env.output = value
+                if kv_caps:
+                    _record(store, [c for c in kv_caps], value, n) if j == 0 else _record(
+                        store, [CapOp(c.row, c.variant, c.steps, c.half, c.what, c.name + ":v") for c in kv_caps], value, n
+                    )
+        if out_ops or out_caps:
+            value = attn.output
+            if out_ops:
+                value = _edit_output(value, out_ops, n, sp.site.heads)
+                attn.output = value
+            if out_caps:
+                _record(store, out_caps, value, n)
+
+
+def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, width: int | None) -> EngineResult:
+    """Execute a plan in one traced pipeline call; returns images for the plan's variants."""
+    model, adapter, pipe = probe.model, probe.adapter, probe.pipeline
+    injected = precompute_injections(probe, plan)
+    device = pipe.device
+    kwargs = adapter.call_kwargs(pipe)
+    kwargs.update(
+        num_inference_steps=plan.n_steps, output_type="np",
+        generator=[torch.Generator(device).manual_seed(int(r.seed)) for r in plan.rows],
+    )
+    if guidance is not None:
+        kwargs["guidance_scale"] = float(guidance)
+    if height is not None:
+        kwargs["height"] = int(height)
+    if width is not None:
+        kwargs["width"] = int(width)
+    if any(r.negative_prompt for r in plan.rows):
+        kwargs["negative_prompt"] = [r.negative_prompt for r in plan.rows]
+    text_len = adapter.text_len(pipe, kwargs)
+    prompts = [r.prompt for r in plan.rows]
+    store: dict = defaultdict(lambda: defaultdict(list))
+    steps = plan.steps
+    denoiser_env = getattr(model, adapter.denoiser_attr)
+    with model.generate(prompts, **kwargs) as tracer:
+        if steps:
+            for step in tracer.iter[steps]:
+                _apply_step(step, plan, denoiser_env, store, text_len, injected)
+        output = model.output.save()
+    images = np.asarray(output.images)[: plan.n_variants]
+    images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    captures = {name: {v: torch.stack(ts) for v, ts in per.items()} for name, per in store.items()}
+    cap_steps = {}
+    for sp in plan.sites:
+        for op in sp.cap:
+            cap_steps[op.name] = op.steps
+            if op.what == "kv":
+                cap_steps[op.name + ":v"] = op.steps
+    return EngineResult(images=images, captures=captures, capture_steps=cap_steps)

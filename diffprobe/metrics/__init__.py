@@ -1,0 +1,30 @@
+"""Scores for generated images: OCR text metrics, image alignment, CLIP-T, selectable by name.
+
+See ``docs/metrics.md`` for the definitions. ``compute`` is the entry point experiments use;
+the per-sample functions are re-exported for notebooks.
+"""
+from diffprobe.metrics.clip import clip_score
+from diffprobe.metrics.image import mse, psnr, ssim
+from diffprobe.metrics.ocr import read_text, read_texts
+from diffprobe.metrics.registry import DEFAULT_METRICS, METRICS, compute, list_metrics, unavailable, validate
+from diffprobe.metrics.text import char_f1, char_precision_recall, exact_match, levenshtein, set_f1
+
+__all__ = [
+    "read_text",
+    "read_texts",
+    "char_precision_recall",
+    "char_f1",
+    "set_f1",
+    "exact_match",
+    "levenshtein",
+    "mse",
+    "psnr",
+    "ssim",
+    "clip_score",
+    "compute",
+    "list_metrics",
+    "validate",
+    "unavailable",
+    "METRICS",
+    "DEFAULT_METRICS",
+]

@@ -1,0 +1,139 @@
+"""The Probe: one loaded pipeline, its site catalogue, and the way to run interventions on it."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .architectures import Adapter, adapter_for
+from .errors import DiffprobeError, InterventionError
+from .interventions import Intervention
+from .plan import Variant, make_plan
+from .sites import SiteCatalogue
+
+__all__ = ["Probe", "Generation"]
+
+
+@dataclass
+class Generation:
+    """What a run returns: uint8 images ``[sample, height, width, rgb]`` and labelled captures."""
+
+    images: np.ndarray
+    captures: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class Probe:
+    """A diffusers pipeline loaded into nnsight, with its attention sites catalogued.
+
+    Make one with :func:`diffprobe.load`. ``probe.sites`` lists the attention sites in
+    execution order; ``probe.generate`` runs prompts with interventions; ``probe.count`` sizes a
+    selection against the whole denoiser (the paper's Table 1).
+    """
+
+    def __init__(self, *, name: str, denoiser: torch.nn.Module, adapter: Adapter, model=None):
+        self.name = name
+        self.denoiser = denoiser
+        self.adapter = adapter
+        self.model = model  # nnsight DiffusionModel, None for meta builds
+        self.sites = SiteCatalogue(adapter.sites(denoiser))
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def from_nnsight(cls, model, *, name: str) -> "Probe":
+        pipe = model.pipeline
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if denoiser is None:
+            raise DiffprobeError(
+                f"{type(pipe).__name__} has no 'unet' or 'transformer' component: diffprobe needs a "
+                "text-to-image pipeline with a denoiser."
+            )
+        adapter = adapter_for(denoiser)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(name=name, denoiser=denoiser, adapter=adapter, model=model)
+
+    @classmethod
+    def from_denoiser(cls, denoiser: torch.nn.Module, *, name: str) -> "Probe":
+        return cls(name=name, denoiser=denoiser, adapter=adapter_for(denoiser))
+
+    @property
+    def pipeline(self):
+        return None if self.model is None else self.model.pipeline
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    def __repr__(self) -> str:
+        return f"Probe({self.name!r}, {type(self.denoiser).__name__}, {self.sites!r})"
+
+    # -- counting ------------------------------------------------------------
+    def count(self, sites: str | Sequence = "cross:all") -> dict:
+        """Text K/V parameters of a site selection, the denoiser's total, and the fraction."""
+        chosen = self.sites.parse(sites) if isinstance(sites, str) else SiteCatalogue(sites)
+        localized = sum(s.kv_params for s in chosen)
+        total = self.total_params
+        return {
+            "sites": [s.label for s in chosen],
+            "names": [s.name for s in chosen],
+            "localized_params": localized,
+            "total_params": total,
+            "fraction": localized / total if total else 0.0,
+        }
+
+    # -- running -------------------------------------------------------------
+    def _require_weights(self) -> None:
+        if self.model is None:
+            raise DiffprobeError(
+                f"{self.name} is a weightless meta build for the catalogue and counting; load a real "
+                "pipeline (a directory, a hub id, or the default 'glyph') to generate."
+            )
+
+    def run(
+        self,
+        variants: Sequence[Variant],
+        *,
+        steps: int,
+        guidance: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Generation:
+        """Run many variants (prompt, seed, interventions) as one batched pipeline call."""
+        from .captures import label_captures
+        from .engine import run_plan
+
+        self._require_weights()
+        plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
+        result = run_plan(self, plan, guidance=guidance, height=height, width=width)
+        return Generation(images=result.images, captures=label_captures(result, plan))
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        interventions: Sequence[Intervention] = (),
+        *,
+        steps: int,
+        seed: int | Sequence[int] = 0,
+        guidance: float | None = None,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Generation:
+        """Generate ``prompts`` (each with the same interventions) through the full denoising loop.
+
+        ``steps`` is required: nnsight's traced default is one step. ``seed`` is one seed for all
+        prompts or one per prompt; each image draws its noise from its own generator, so a prompt's
+        image does not depend on what else is in the batch.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise InterventionError(f"{len(seeds)} seeds for {len(prompts)} prompts; pass one seed or one per prompt.")
+        variants = [Variant(p, tuple(interventions), s, negative_prompt) for p, s in zip(prompts, seeds)]
+        return self.run(variants, steps=steps, guidance=guidance, height=height, width=width)

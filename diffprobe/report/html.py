@@ -1,0 +1,330 @@
+"""The self-contained HTML report: one file a researcher opens offline, shares, and can trust.
+
+Why one file: a report is mailed, attached to a paper's supplement or opened on a laptop with no network, years
+after the run. So everything it needs travels inside it: plotly.js is inlined from the installed ``plotly`` package
+(no CDN), images are base64 PNG ``data:`` URIs, and a Content-Security-Policy allows no fetches at all
+(``default-src 'none'``), so a stray reference to an external resource fails loudly instead of leaking a request.
+
+Why the care with text: prompts, OCR output, file names and spec values come from users and from a model that was
+asked to write arbitrary words. Every such string passes through :func:`html.escape` before it reaches the page;
+figure data is JSON placed in a ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` written as
+``\\u003c``-style escapes, so no string can close the block. As a second wall, the CSP lets only the report's own
+scripts run, named by their SHA-256 hashes: even a string that escaped escaping could not execute.
+
+The page reads top to bottom: what was run (model, metric, grid), the localized sites (top-k by mean metric), the
+figures from :mod:`diffprobe.plot`, an image grid (source, target, patched at the best sites, OCR text under each),
+and the spec and package versions.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import string
+from dataclasses import dataclass
+from html import escape
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.offline
+import xarray as xr
+from PIL import Image
+
+from diffprobe import plot
+from diffprobe.errors import DiffprobeError, ResultsError
+
+__all__ = ["SiteScore", "lower_is_better", "script_json", "top_sites", "write_report"]
+
+_BOOT = """(function () {
+  var figures = JSON.parse(document.getElementById("diffprobe-figures").textContent);
+  figures.forEach(function (f) { Plotly.newPlot(f.id, f.figure.data, f.figure.layout, f.config); });
+})();"""
+_CONFIG = {"displaylogo": False, "responsive": True, "showLink": False, "showSendToCloud": False}
+_LOWER_IS_BETTER = ("mse", "lev_", "cer", "wer")
+
+
+@dataclass(frozen=True)
+class SiteScore:
+    """One site's mean of a metric over everything else, and the cell (e.g. ``{"t_start": 0}``) where it is best."""
+
+    index: int
+    name: str
+    kind: str
+    mean: float
+    n: int
+    best: dict[str, Any]
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better (distances and errors: ``mse``, ``lev_*``, ``cer``, ``wer``)."""
+    return metric.startswith(_LOWER_IS_BETTER)
+
+
+def top_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int = 3) -> list[SiteScore]:
+    """The ``k`` sites with the best mean ``metric`` (over pair, t_start, seed, ...); unfinished cells skipped."""
+    da = plot.select_metric(ds, metric)
+    if "site" not in da.dims:
+        raise ResultsError(f"{metric!r} has no 'site' dim (its dims are {da.dims}); top sites need one.")
+    rest = [d for d in da.dims if d != "site"]
+    mean, n = da.mean(rest, skipna=True), da.notnull().sum(rest)
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    order = sorted(range(da.sizes["site"]), key=lambda i: (np.isnan(mean.values[i]), sign * mean.values[i]))
+    cell_dims = [d for d in rest if d not in ("pair", "seed")]
+    by_cell = da.mean([d for d in rest if d in ("pair", "seed")], skipna=True)
+    return [_site_score(ds, i, float(mean.values[i]), int(n.values[i]), by_cell, cell_dims, sign) for i in order[:k]]
+
+
+def _site_score(ds, i, mean, n, by_cell, cell_dims, sign) -> SiteScore:
+    cells = by_cell.isel(site=i).transpose(*cell_dims)
+    values = np.where(np.isnan(cells.values), np.inf, sign * cells.values)
+    best_pos = np.unravel_index(int(np.argmin(values)), values.shape) if cell_dims else ()
+    best = {d: ds[d].values[p].item() for d, p in zip(cell_dims, best_pos)}
+    return SiteScore(
+        index=int(ds["site"].values[i]),
+        name=str(ds["site_name"].values[i]) if "site_name" in ds.coords else f"site {i}",
+        kind=str(ds["site_kind"].values[i]) if "site_kind" in ds.coords else "",
+        mean=mean,
+        n=n,
+        best=best,
+    )
+
+
+def write_report(
+    ds: xr.Dataset,
+    path: str | Path,
+    *,
+    metric: str = "ocr_f1_target",
+    top_k: int = 3,
+    title: str | None = None,
+    counts: xr.Dataset | None = None,
+    max_pairs: int = 8,
+) -> Path:
+    """Write the self-contained report of sweep results ``ds`` to ``path`` (an ``.html`` file) and return it.
+
+    ``metric`` ranks the sites and colours the heatmaps; the ``top_k`` best sites are listed and shown patched in
+    the image grid (first seed, at each site's best cell, for the first ``max_pairs`` pairs). ``counts``, a
+    layer-count dataset, adds the trade-off curve. ``title`` defaults to ``ds.attrs["title"]``, then the model.
+    """
+    path = Path(path)
+    if top_k < 1 or max_pairs < 1:
+        raise DiffprobeError(f"top_k and max_pairs must be at least 1, not {top_k} and {max_pairs}.")
+    top = top_sites(ds, metric, top_k)
+    title = title or ds.attrs.get("title") or f"diffprobe report: {ds.attrs.get('model', 'unknown model')}"
+    figures = _figures(ds, metric, counts)
+    body = "\n".join(
+        [
+            _header(ds, title, metric),
+            _sites_section(top, metric),
+            _figures_section(figures),
+            _grid_section(ds, top, metric, max_pairs),
+            _provenance_section(ds),
+        ]
+    )
+    page = _render(title, body, figures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _render(title: str, body: str, figures: list[tuple[str, go.Figure]]) -> str:
+    plotlyjs = plotly.offline.get_plotlyjs()
+    if "</script" in plotlyjs.lower():  # would end the inline block early; never true for plotly's bundle
+        raise ResultsError("the installed plotly.js contains '</script' and cannot be inlined safely.")
+    data = [{"id": fid, "figure": json.loads(fig.to_json()), "config": _CONFIG} for fid, fig in figures]
+    template = string.Template(resources.files("diffprobe.report").joinpath("template.html").read_text("utf-8"))
+    return template.substitute(
+        csp=_csp(plotlyjs, _BOOT),
+        diffprobe_version=escape(_version()),
+        title=escape(title),
+        body=body,
+        figures=script_json(data),
+        plotlyjs=plotlyjs,
+        boot=_BOOT,
+    )
+
+
+def script_json(obj: Any) -> str:
+    """``obj`` as JSON that is safe inside ``<script>``: ``<``, ``>``, ``&``, U+2028/9 written as ``\\uXXXX``."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=_jsonable)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _csp(*scripts: str) -> str:
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode() + "'" for s in scripts
+    )
+    return (
+        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:; font-src data:; "
+        "base-uri 'none'; form-action 'none'"
+    )
+
+
+def _version() -> str:
+    try:
+        return version("diffprobe")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _figures(ds: xr.Dataset, metric: str, counts: xr.Dataset | None) -> list[tuple[str, go.Figure]]:
+    dims = ds[metric].dims
+    figs = []
+    if "t_start" in dims:
+        figs.append(plot.heatmap(ds, metric, x="t_start", y="site"))
+    if "pair" in dims:
+        figs.append(plot.heatmap(ds, metric, x="pair", y="site"))
+    figs.append(plot.site_bars(ds, metric))
+    if counts is not None:
+        image_metric = "ssim" if "ssim" in counts else plot.metric_names(counts)[-1]
+        figs.append(plot.tradeoff(counts, metric, image_metric))
+    return [(f"fig-{i}", fig) for i, fig in enumerate(figs)]
+
+
+def _header(ds: xr.Dataset, title: str, metric: str) -> str:
+    facts = {"model": ds.attrs.get("model", "unknown"), "metric": metric}
+    facts["grid"] = " × ".join(f"{d} {n}" for d, n in ds[metric].sizes.items())
+    if "done" in ds:
+        facts["finished cells"] = f"{int(ds['done'].sum())} of {ds['done'].size}"
+    if ds.encoding.get("source"):
+        facts["dataset"] = str(ds.encoding["source"])
+    items = "".join(f'<div class="fact"><b>{escape(k)}</b>{escape(str(v))}</div>' for k, v in facts.items())
+    return f'<header><h1>{escape(title)}</h1><div class="facts">{items}</div></header>'
+
+
+def _sites_section(top: list[SiteScore], metric: str) -> str:
+    better = "lowest" if lower_is_better(metric) else "highest"
+    rows = "".join(
+        f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
+        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td><td class='num'>{s.n}</td>"
+        f"<td>{escape(_cell_text(s.best))}</td></tr>"
+        for rank, s in enumerate(top, 1)
+    )
+    return (
+        f"<section id='sites'><h2>Localized sites</h2><p class='note'>The {len(top)} sites with the {better} mean "
+        f"{escape(metric)} over every pair, step window and seed (unfinished cells left out).</p>"
+        "<table><thead><tr><th>#</th><th>site</th><th>kind</th><th>index</th>"
+        f"<th>mean {escape(metric)}</th><th>n</th><th>best cell</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in cell.items()) or "-"
+
+
+def _figures_section(figures: list[tuple[str, go.Figure]]) -> str:
+    divs = "".join(f'<div class="card"><div class="plot" id="{fid}"></div></div>' for fid, _ in figures)
+    return (
+        "<section id='figures'><h2>Figures</h2><p class='note'>Hover a cell for the site's name, index, the value "
+        f"and n, the number of finished cells behind it.</p>{divs}</section>"
+    )
+
+
+def _png_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _tile(pixels: np.ndarray | None, what: str, ocr: str | None, *notes: str) -> str:
+    """One image with its caption: what it is, notes (site name, cell, value), and the OCR text read from it."""
+    if pixels is None:
+        image = '<div class="missing">no image</div>'
+    else:  # small images are scaled up without blurring; large ones are scaled down smoothly
+        small = ' class="small"' if pixels.shape[1] < 170 else ""
+        image = f'<img{small} src="{_png_uri(pixels)}" alt="{escape(what)}">'
+    ocr_html = f'<span class="ocr" title="OCR text">{escape(ocr) or "&nbsp;"}</span>' if ocr is not None else ""
+    lines = "".join(f'<span class="detail">{escape(n)}</span>' for n in notes if n)
+    return f'<figure>{image}<figcaption><span class="what">{escape(what)}</span>{lines}{ocr_html}</figcaption></figure>'
+
+
+def _get(ds: xr.Dataset, name: str, **where: Any) -> Any:
+    """``ds[name]`` at ``where`` (only the dims it has), or None when the variable is absent."""
+    if name not in ds:
+        return None
+    var = ds[name]
+    return var.sel({k: v for k, v in where.items() if k in var.dims}).values
+
+
+def _grid_section(ds: xr.Dataset, top: list[SiteScore], metric: str, max_pairs: int) -> str:
+    if not {"source_image", "target_image", "patched_image"} & set(ds.data_vars):
+        return "<section id='images'><h2>Images</h2><p class='note'>This dataset holds no images.</p></section>"
+    seed = ds["seed"].values[0].item() if "seed" in ds.dims else None
+    where = {"seed": seed} if seed is not None else {}
+    rows = [_pair_row(ds, pair.item(), top, metric, where) for pair in ds["pair"].values[:max_pairs]]
+    shown = f"first {max_pairs} of {ds.sizes['pair']} pairs, " if ds.sizes["pair"] > max_pairs else ""
+    note = (
+        f"Source, target, then the patched image at each localized site (at its best cell), {shown}"
+        f"seed {seed}. The OCR text is under each image."
+    )
+    return f"<section id='images'><h2>Images</h2><p class='note'>{escape(note)}</p>{''.join(rows)}</section>"
+
+
+def _pair_row(ds: xr.Dataset, pair: int, top: list[SiteScore], metric: str, where: dict[str, Any]) -> str:
+    at = {"pair": pair, **where}
+    tiles = [
+        _tile(_get(ds, "source_image", **at), "source", _text(_get(ds, "source_ocr_text", **at))),
+        _tile(_get(ds, "target_image", **at), "target", _text(_get(ds, "target_ocr_text", **at))),
+    ]
+    for s in top:
+        cell = {**at, "site": s.index, **s.best}
+        value = _get(ds, metric, **cell)
+        done = _get(ds, "done", **cell)
+        score = f"{metric} = {float(value):.3f}" if done is None or bool(done) else "not finished"
+        what = f"patched @ site {s.index}" + (f" ({s.kind})" if s.kind else "")
+        ocr = _text(_get(ds, "ocr_text", **cell))
+        tiles.append(_tile(_get(ds, "patched_image", **cell), what, ocr, s.name, _cell_text(s.best), score))
+    prompts = _prompts(ds, pair)
+    return f'<div class="pair"><h3>pair {pair}</h3>{prompts}<div class="grid">{"".join(tiles)}</div></div>'
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value.item() if hasattr(value, "item") else value)
+
+
+def _prompts(ds: xr.Dataset, pair: int) -> str:
+    parts = []
+    for side in ("source", "target"):
+        prompt = _text(_get(ds, f"{side}_prompt", pair=pair))
+        text = _text(_get(ds, f"{side}_text", pair=pair))
+        if prompt is not None:
+            words = f" (text <q>{escape(text)}</q>)" if text is not None else ""
+            parts.append(f"<b>{side}</b> <q>{escape(prompt)}</q>{words}")
+    return f'<p class="prompts">{" → ".join(parts)}</p>' if parts else ""
+
+
+def _pretty_json(raw: Any) -> str:
+    try:
+        return json.dumps(json.loads(raw), indent=2, ensure_ascii=False, sort_keys=False)
+    except (TypeError, ValueError):
+        return str(raw)
+
+
+def _provenance_section(ds: xr.Dataset) -> str:
+    try:
+        versions = json.loads(ds.attrs.get("versions", "{}"))
+        rows = "".join(
+            f"<tr><td>{escape(str(k))}</td><td class='mono'>{escape(str(v))}</td></tr>" for k, v in versions.items()
+        )
+        versions_html = f"<table><tbody>{rows}</tbody></table>"
+    except (TypeError, ValueError, AttributeError):
+        versions_html = f"<pre>{escape(str(ds.attrs.get('versions')))}</pre>"
+    spec = _pretty_json(ds.attrs["spec"]) if "spec" in ds.attrs else "(no spec recorded)"
+    return (
+        f"<section id='provenance'><h2>Model and versions</h2><p>model: <span class='mono'>"
+        f"{escape(str(ds.attrs.get('model', 'unknown')))}</span></p>{versions_html}"
+        f"<h2>Spec</h2><pre id='spec'>{escape(spec)}</pre></section>"
+    )
