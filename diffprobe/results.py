@@ -1,0 +1,285 @@
+"""Results: the dataset layout, the resumable store, and the ``ds.dp`` accessor.
+
+Layout of an experiment dataset (one vocabulary with the rest of diffprobe):
+
+- dims ``pair``, ``site`` (or ``n_sites`` for cumulative sweeps), ``t_start``, ``seed``
+  (and ``head`` for per-head sweeps), plus image dims ``y``, ``x``, ``rgb``;
+- coords ``site_name``/``site_kind``/``site_label`` on ``site`` (``sites_used`` on ``n_sites``),
+  ``source_prompt``/``target_prompt``/``source_text``/``target_text`` on ``pair``;
+- one float variable per metric on the cell grid, ``ocr_text`` (str) and ``done`` (bool);
+- ``patched_image`` (cell grid + y, x, rgb), ``source_image``/``target_image`` (pair, seed, y, x, rgb),
+  ``source_ocr_text``/``target_ocr_text`` and ``baseline_<metric>`` (role, pair, seed);
+- attrs ``spec`` (JSON), ``fingerprint``, ``versions`` (JSON), ``model``.
+
+The store is a directory: ``spec.json``, one NetCDF file per finished batch under ``batches/``
+(written to a temporary name and renamed, so a kill at any moment leaves only whole files), and
+``results.nc``, the assembled dataset, rewritten atomically at the end of each run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .errors import ResultsError
+
+__all__ = ["Store", "assemble", "open_results", "versions", "DiffprobeAccessor"]
+
+ENGINE = "h5netcdf"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("diffprobe", "torch", "diffusers", "nnsight", "transformers", "xarray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _atomic_netcdf(ds: xr.Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _open(path: Path) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            return ds.load()
+    except Exception as exc:  # h5py/netCDF raise many types for a damaged file
+        raise ResultsError(
+            f"The results file {path} is corrupted or not a diffprobe store ({type(exc).__name__}: {exc}). "
+            "Delete it and re-run the same spec: finished batches are kept and only this one is recomputed."
+        ) from None
+
+
+def _spec_diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [k for k in keys if old.get(k) != new.get(k)]
+    parts = []
+    for k in diffs[:5]:
+        a, b = old.get(k), new.get(k)
+        if k == "pairs":
+            parts.append(f"pairs ({len(a or [])} stored vs {len(b or [])} asked, or different prompts)")
+        else:
+            parts.append(f"{k}: stored {a!r} vs asked {b!r}")
+    return "; ".join(parts)
+
+
+class Store:
+    """Finished batches of one spec, on disk (``root``) or in memory (``root=None``)."""
+
+    def __init__(self, root: Path | None, spec):
+        self.root, self.spec = root, spec
+        self._mem: dict[tuple[str, int], xr.Dataset] = {}
+
+    @classmethod
+    def open(cls, root, spec) -> "Store":
+        if root is None:
+            return cls(None, spec)
+        root = Path(root)
+        spec_file = root / "spec.json"
+        if spec_file.exists():
+            try:
+                stored = json.loads(spec_file.read_text())
+            except json.JSONDecodeError:
+                raise ResultsError(f"{spec_file} is corrupted; delete the folder {root} or choose another --out.") from None
+            if stored.get("fingerprint") != spec.fingerprint():
+                raise ResultsError(
+                    f"{root} holds results of a different experiment ({_spec_diff(stored.get('spec', {}), spec.to_dict())}). "
+                    "Choose another output folder, or delete this one to start over."
+                )
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = spec_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": spec.to_dict()}, indent=1))
+            os.replace(tmp, spec_file)
+        return cls(root, spec)
+
+    def _path(self, kind: str, i: int) -> Path:
+        return self.root / "batches" / f"{kind}-{i:05d}.nc"
+
+    def has(self, kind: str, i: int) -> bool:
+        return (kind, i) in self._mem if self.root is None else self._path(kind, i).exists()
+
+    def _put(self, kind: str, i: int, ds: xr.Dataset) -> None:
+        if self.root is None:
+            self._mem[(kind, i)] = ds
+        else:
+            _atomic_netcdf(ds, self._path(kind, i))
+
+    def batches(self, kind: str) -> list[xr.Dataset]:
+        if self.root is None:
+            return [ds for (k, _), ds in sorted(self._mem.items()) if k == kind]
+        folder = self.root / "batches"
+        return [_open(p) for p in sorted(folder.glob(f"{kind}-*.nc"))] if folder.exists() else []
+
+    def write_baseline(self, i: int, out: dict) -> None:
+        data = {
+            "pair_i": ("job", out["pair"]), "seed_v": ("job", out["seed"]),
+            "source_image": (("job", "y", "x", "rgb"), out["source_image"]),
+            "target_image": (("job", "y", "x", "rgb"), out["target_image"]),
+        }
+        for role in ("source", "target"):
+            for name, values in out[role].items():
+                data[f"{role}__{name}"] = ("job", values.astype(str) if name == "ocr_text" else values)
+        self._put("base", i, xr.Dataset(data))
+
+    def write_cells(self, i: int, out: dict) -> None:
+        cells = out["cells"]
+        data = {
+            "pair_i": ("cell", [c.pair for c in cells]), "group_i": ("cell", [c.group for c in cells]),
+            "t_start_v": ("cell", [c.t_start for c in cells]), "seed_v": ("cell", [c.seed for c in cells]),
+            "head_v": ("cell", [c.head for c in cells]),
+            "patched_image": (("cell", "y", "x", "rgb"), out["images"]),
+        }
+        for name, values in out["metrics"].items():
+            data[name] = ("cell", values.astype(str) if name == "ocr_text" else values)
+        self._put("cell", i, xr.Dataset(data))
+
+    def source_images(self) -> dict[tuple[int, int], np.ndarray]:
+        out = {}
+        for ds in self.batches("base"):
+            for j in range(ds.sizes["job"]):
+                out[(int(ds.pair_i[j]), int(ds.seed_v[j]))] = ds.source_image.values[j]
+        return out
+
+    def finalize(self, ds: xr.Dataset) -> None:
+        if self.root is not None:
+            _atomic_netcdf(ds, self.root / "results.nc")
+
+
+def _grid(spec, sites, groups) -> tuple[list[str], dict]:
+    group_dim = "site" if spec.grouping == "each" else "n_sites"
+    dims = ["pair", group_dim, "t_start", "seed"] + (["head"] if spec.per_head else [])
+    coords: dict = {
+        "pair": np.arange(len(spec.pairs)),
+        "t_start": list(spec.t_starts), "seed": list(spec.seeds),
+        "source_prompt": ("pair", [p.source_prompt for p in spec.pairs]),
+        "target_prompt": ("pair", [p.target_prompt for p in spec.pairs]),
+        "source_text": ("pair", [p.source_text for p in spec.pairs]),
+        "target_text": ("pair", [p.target_text for p in spec.pairs]),
+    }
+    if spec.grouping == "each":
+        coords.update(
+            site=[s.index for s in sites], site_name=("site", [s.name for s in sites]),
+            site_kind=("site", [s.kind for s in sites]), site_label=("site", [s.label for s in sites]),
+        )
+    else:
+        coords.update(n_sites=[len(g) for g in groups],
+                      sites_used=("n_sites", [" ".join(s.label for s in g) for g in groups]))
+    if spec.per_head:
+        coords["head"] = list(spec.heads)
+    return dims, coords
+
+
+def assemble(spec, sites, groups, store: Store) -> xr.Dataset:
+    """The full labelled dataset from whatever batches the store holds."""
+    dims, coords = _grid(spec, sites, groups)
+    shape = [len(coords[d]) if not isinstance(coords[d], tuple) else len(coords[d][1]) for d in dims]
+    pos = {d: {v: i for i, v in enumerate(coords[d])} for d in ("t_start", "seed")}
+    if spec.per_head:
+        pos["head"] = {v: i for i, v in enumerate(spec.heads)}
+    ds = xr.Dataset(coords=coords)
+    done = np.zeros(shape, bool)
+    metric_arrays: dict[str, np.ndarray] = {}
+    images = None
+    for b in store.batches("cell"):
+        if images is None:
+            images = np.zeros(shape + list(b.patched_image.shape[1:]), np.uint8)
+        for j in range(b.sizes["cell"]):
+            idx = (int(b.pair_i[j]), int(b.group_i[j]), pos["t_start"][int(b.t_start_v[j])], pos["seed"][int(b.seed_v[j])])
+            if spec.per_head:
+                idx += (pos["head"][int(b.head_v[j])],)
+            done[idx] = True
+            images[idx] = b.patched_image.values[j]
+            for name in spec.metrics + ("ocr_text",):
+                if name in b:
+                    arr = metric_arrays.setdefault(
+                        name, np.full(shape, "", object) if name == "ocr_text" else np.full(shape, np.nan)
+                    )
+                    arr[idx] = b[name].values[j]
+    for name, arr in metric_arrays.items():
+        ds[name] = (dims, arr)
+    ds["done"] = (dims, done)
+    if images is not None:
+        ds["patched_image"] = (dims + ["y", "x", "rgb"], images)
+    _add_baselines(ds, spec, store)
+    ds.attrs.update(spec=spec.to_json(), fingerprint=spec.fingerprint(), versions=json.dumps(versions()),
+                    model=spec.model, intervention=spec.intervention)
+    return ds
+
+
+def _add_baselines(ds: xr.Dataset, spec, store: Store) -> None:
+    base = store.batches("base")
+    if not base:
+        return
+    n_p, n_s = len(spec.pairs), len(spec.seeds)
+    seed_pos = {v: i for i, v in enumerate(spec.seeds)}
+    img_shape = list(base[0].source_image.shape[1:])
+    arrays = {k: np.zeros([n_p, n_s] + img_shape, np.uint8) for k in ("source_image", "target_image")}
+    texts = {k: np.full([n_p, n_s], "", object) for k in ("source_ocr_text", "target_ocr_text")}
+    roles = {m: np.full([2, n_p, n_s], np.nan) for m in spec.metrics}
+    for b in base:
+        for j in range(b.sizes["job"]):
+            p, s = int(b.pair_i[j]), seed_pos[int(b.seed_v[j])]
+            for k in arrays:
+                arrays[k][p, s] = b[k].values[j]
+            for r, role in enumerate(("source", "target")):
+                if f"{role}__ocr_text" in b:
+                    texts[f"{role}_ocr_text"][p, s] = b[f"{role}__ocr_text"].values[j]
+                for m in spec.metrics:
+                    if f"{role}__{m}" in b:
+                        roles[m][r, p, s] = b[f"{role}__{m}"].values[j]
+    for k, v in arrays.items():
+        ds[k] = (("pair", "seed", "y", "x", "rgb"), v)
+    for k, v in texts.items():
+        ds[k] = (("pair", "seed"), v)
+    ds.coords["role"] = ["source", "target"]
+    for m, v in roles.items():
+        ds[f"baseline_{m}"] = (("role", "pair", "seed"), v)
+
+
+def open_results(path: str | Path) -> xr.Dataset:
+    """Open a saved dataset: a store folder (its results.nc, or its batches if it was interrupted) or a .nc file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "results.nc").exists():
+            return _open(path / "results.nc")
+        if (path / "spec.json").exists():
+            return _reassemble(path)
+        raise ResultsError(f"{path} is not a diffprobe results folder (no results.nc or spec.json).")
+    if not path.exists():
+        raise ResultsError(f"No results at {path}; pass the --out folder of a sweep or its results.nc.")
+    return _open(path)
+
+
+def _reassemble(path: Path) -> xr.Dataset:
+    from .experiments import Experiment, resolve_sites
+    from .runner import _groups
+    from .zoo.loading import load
+
+    try:
+        spec = Experiment.from_dict(json.loads((path / "spec.json").read_text())["spec"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ResultsError(f"{path / 'spec.json'} is corrupted ({exc}); the folder cannot be reopened.") from None
+    probe = load(spec.model)
+    sites = resolve_sites(spec, probe.sites)
+    return assemble(spec, sites, _groups(spec, sites), Store(path, spec))
+
+
+from .accessor import DiffprobeAccessor  # noqa: E402  (registers ds.dp)
