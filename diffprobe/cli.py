@@ -1,0 +1,312 @@
+"""The ``diffprobe`` command line: parse -> Experiment spec -> runner -> save -> report.
+
+No logic lives here beyond turning options into the same objects a notebook builds. Errors reach
+the user as one line and a non-zero exit code; ``--verbose`` shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="diffprobe", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help=(
+        "Look inside text-to-image diffusion models: list attention sites, patch/inject/ablate them "
+        "across the denoising loop, and sweep to localize the layers that write text.\n\n"
+        "Examples:\n\n"
+        "  diffprobe layers sdxl-base-1.0:meta --kind cross\n\n"
+        "  diffprobe count sdxl-base-1.0:meta --sites cross:55-57\n\n"
+        "  diffprobe sweep --bench glyph --n 8 --out runs/demo\n\n"
+        "  diffprobe report runs/demo"
+    ),
+)
+
+_state = {"verbose": False}
+
+
+def _fail(exc: BaseException) -> None:
+    from rich.console import Console
+
+    if _state["verbose"]:
+        raise exc
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import DiffprobeError
+
+        try:
+            return fn(*args, **kwargs)
+        except DiffprobeError as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
+    from .errors import SpecError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise SpecError(f"--{what} takes comma-separated integers such as 0,2,4; got {text!r}.") from None
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors.")):
+    _state["verbose"] = verbose
+
+
+@app.command()
+@_guard
+def layers(
+    model: str = typer.Argument("glyph", help="Hub id, local pipeline folder, 'glyph', or '<name>:meta' (e.g. sdxl-base-1.0:meta)."),
+    kind: Optional[str] = typer.Option(None, help="Only sites of this kind: self, cross, joint, single."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON objects instead of a table."),
+):
+    """List the attention sites of MODEL in execution order.\n\nExample: diffprobe layers sdxl-base-1.0:meta --kind cross"""
+    from .zoo.loading import load
+
+    _quiet_libraries()
+    probe = load(model)
+    sites = probe.sites.of_kind(kind) if kind else probe.sites
+    rows = [{**s.to_dict(), "label": s.label} for s in sites]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{probe.name}: {len(sites)} sites ({', '.join(f'{n} {k}' for k, n in sites.counts().items())})")
+    for col in ("label", "name", "block", "heads", "head_dim", "kv params"):
+        table.add_column(col, justify="right" if col in ("heads", "head_dim", "kv params") else "left")
+    for s in sites:
+        table.add_row(s.label, s.name, s.block, str(s.heads), str(s.head_dim), f"{s.kv_params:,}")
+    Console().print(table)
+
+
+@app.command()
+@_guard
+def count(
+    model: str = typer.Argument(..., help="Hub id, local folder, 'glyph' or '<name>:meta'."),
+    sites: str = typer.Option("cross:all", "--sites", help="Site spec, e.g. cross:55-57, joint:10, 'up_blocks.0.*'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Text K/V parameters of SITES, the denoiser's total, and the fraction (the paper's Table 1).\n\nExample: diffprobe count sdxl-base-1.0:meta --sites cross:55-57"""
+    from .zoo.loading import load
+
+    _quiet_libraries()
+    out = load(model).count(sites)
+    if as_json:
+        typer.echo(json.dumps({k: out[k] for k in ("sites", "localized_params", "total_params", "fraction")}))
+        return
+    typer.echo(
+        f"{len(out['sites'])} sites ({', '.join(out['sites'])}): {out['localized_params'] / 1e6:.1f}M of "
+        f"{out['total_params'] / 1e6:.1f}M denoiser parameters = {100 * out['fraction']:.2f}%"
+    )
+
+
+@app.command("metrics")
+def list_metrics_cmd():
+    """List the metrics a sweep can compute."""
+    from .metrics import list_metrics, unavailable
+
+    missing = unavailable()
+    for name, desc in list_metrics():
+        note = f"  [unavailable: {missing[name]}]" if name in missing else ""
+        typer.echo(f"{name:22s} {desc}{note}")
+
+
+def _pairs(pairs_file: Optional[Path], bench: Optional[str], n: int, seed: int, model: str):
+    from . import bench as benchmod
+    from .errors import SpecError
+
+    if pairs_file is not None:
+        return benchmod.read_jsonl(pairs_file)
+    bench = bench or ("glyph" if model == "glyph" else "simple")
+    if bench == "glyph":
+        from .glyph_bench import glyph_pairs
+
+        return glyph_pairs(n, seed)
+    if bench == "simple":
+        return benchmod.simple_bench(n, seed=seed)
+    if bench == "creative":
+        return benchmod.creative_bench(n, seed=seed)
+    raise SpecError(f"--bench {bench!r} unknown; choose simple, creative or glyph (or pass --pairs FILE.jsonl).")
+
+
+def _spec_from_options(o: dict):
+    from .experiments import Experiment
+
+    if o["config"] is not None:
+        spec = Experiment.from_toml(o["config"])
+        overrides = {k: v for k, v in o["overrides"].items() if v is not None}
+        return spec.replace(**overrides) if overrides else spec
+    fields = {k: v for k, v in o["overrides"].items() if v is not None}
+    fields["pairs"] = tuple(_pairs(o["pairs"], o["bench"], o["n"], o["pair_seed"], fields.get("model", "glyph")))
+    return Experiment(**fields)
+
+
+@app.command()
+@_guard
+def sweep(
+    model: Optional[str] = typer.Option(None, help="Model (default: the embedded 'glyph' model)."),
+    sites: Optional[str] = typer.Option(None, help="Sites to sweep, e.g. cross:all, joint:0-23 (default cross:all)."),
+    intervention: Optional[str] = typer.Option(None, help="inject | patch | ablate (default inject)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph."),
+    n: int = typer.Option(8, "--n", help="Number of pairs from --bench."),
+    pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default 25)."),
+    t_start: Optional[str] = typer.Option(None, "--t-start", help="Step windows' starts, e.g. 0,2,4."),
+    seeds: Optional[str] = typer.Option(None, help="Generation seeds, e.g. 0,1."),
+    heads: Optional[str] = typer.Option(None, help="Head indices to patch (default all heads)."),
+    per_head: bool = typer.Option(False, "--per-head", help="Sweep each of --heads separately."),
+    metrics: Optional[str] = typer.Option(None, help="Comma-separated metric names (see `diffprobe metrics`)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG guidance scale (default: the pipeline's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Variants per pipeline call (default 8)."),
+    grouping: Optional[str] = typer.Option(None, help="each (one site at a time) or cumulative (with --counts)."),
+    counts: Optional[str] = typer.Option(None, help="For --grouping cumulative: 1,2,3,10."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Experiment spec TOML; other options override it."),
+    out: Path = typer.Option(Path("diffprobe_out"), "--out", help="Output folder (re-running resumes)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Run (or resume) a sweep; write DIR/results.nc, DIR/report.html and images.
+
+    Examples:
+
+      diffprobe sweep --bench glyph --n 8 --t-start 0,2 --out runs/glyph
+
+      diffprobe sweep --model ./sdxl --sites cross:all --bench simple --n 40 --steps 50 --t-start 4
+
+      diffprobe sweep --model ./sd3 --intervention patch --sites joint:all --pairs pairs.jsonl
+    """
+    _quiet_libraries()
+    overrides = dict(
+        model=model, sites=sites, intervention=intervention, steps=steps, t_starts=_ints(t_start, "t-start"),
+        seeds=_ints(seeds, "seeds"), heads=_ints(heads, "heads"), per_head=per_head or None,
+        metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=batch_size,
+        grouping=grouping, counts=_ints(counts, "counts"),
+    )
+    spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
+    ds = _run_with_progress(spec, out, quiet)
+    _write_outputs(ds, out, quiet)
+
+
+def _run_with_progress(spec, out: Path, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .experiments import run
+    from .zoo.loading import load
+
+    console = Console(stderr=True, quiet=quiet)
+    console.print(f"loading {spec.model} ...")
+    probe = load(spec.model)
+    console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {spec.intervention}, {spec.steps} steps -> {out}")
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet) as bar:
+        task = bar.add_task("sweep", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            return run(spec, probe=probe, store=out, progress=progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            Console(stderr=True).print(
+                f"[yellow]interrupted:[/] finished batches are kept in {out}; run the same command again to resume."
+            )
+            raise typer.Exit(130)
+
+
+def _write_outputs(ds, out: Path, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import write_report
+
+    report = write_report(ds, out / "report.html")
+    _save_images(ds, out / "images")
+    console = Console(quiet=quiet)
+    console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}")
+    if "site" in ds.dims and "ocr_f1_target" in ds:
+        best = ds.dp.best_sites("ocr_f1_target", k=5)
+        table = Table(title="top sites by OCR F1 to the target text")
+        for col in ("site", "name", "ocr_f1_target"):
+            table.add_column(col)
+        for i in range(best.sizes["site"]):
+            table.add_row(str(best.site_label.values[i]), str(best.site_name.values[i]), f"{float(best.values[i]):.3f}")
+        console.print(table)
+
+
+def _save_images(ds, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ("source_image", "target_image"):
+        if role in ds:
+            for p in range(ds.sizes["pair"]):
+                for s, seed in enumerate(ds.seed.values):
+                    Image.fromarray(ds[role].values[p, s]).save(folder / f"pair{p:03d}_seed{seed}_{role.split('_')[0]}.png")
+
+
+@app.command()
+@_guard
+def report(
+    folder: Path = typer.Argument(..., help="A sweep's --out folder (or a results.nc file)."),
+    metric: str = typer.Option("ocr_f1_target", help="Metric that ranks sites and colours heatmaps."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report path (default FOLDER/report.html)."),
+):
+    """(Re)build the HTML report from a saved dataset.\n\nExample: diffprobe report runs/glyph"""
+    from .report import write_report
+    from .results import open_results
+
+    ds = open_results(folder)
+    target = out or ((folder if folder.is_dir() else folder.parent) / "report.html")
+    typer.echo(str(write_report(ds, target, metric=metric)))
+
+
+@app.command()
+@_guard
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
+    n: int = typer.Option(8, "--n", help="Prompt pairs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """The main job on the embedded model: a layer sweep, a t_s sweep and the layer-count trade-off, with a report."""
+    from .demo import run_demo
+
+    _quiet_libraries()
+    run_demo(out, n=n, quiet=quiet)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Prompt pairs for the embedded glyph model: its own templates, source and target words differ."""
+from __future__ import annotations
+
+import numpy as np
+
+from .bench import PromptPair
+
+__all__ = ["glyph_pairs"]
+
+
+def glyph_pairs(n: int, seed: int = 0) -> list[PromptPair]:
+    """``n`` pairs on the glyph model's templates; each pair keeps the template and swaps the word."""
+    from .zoo.glyph import data
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = int(rng.integers(len(data.TEMPLATES)))
+        a, b = rng.choice(len(data.WORDS), size=2, replace=False)
+        wa, wb = data.WORDS[int(a)], data.WORDS[int(b)]
+        out.append(PromptPair(data.prompt(t, wa), data.prompt(t, wb), wa, wb, seed + i))
+    return out
