@@ -251,7 +251,7 @@ def _write_outputs(ds, out: Path, quiet: bool) -> None:
 
     report = write_report(ds, out / "report.html")
     _save_images(ds, out / "images")
-    console = Console(quiet=quiet)
+    console = Console()  # --quiet silences progress, not the summary
     console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}")
     if "site" in ds.dims and "ocr_f1_target" in ds:
         best = ds.dp.best_sites("ocr_f1_target", k=5)
