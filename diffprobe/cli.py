@@ -212,7 +212,7 @@ def sweep(
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
     ds = _run_with_progress(spec, out, quiet)
-    _write_outputs(ds, out, quiet)
+    _write_outputs(ds, out)
 
 
 def _run_with_progress(spec, out: Path, quiet: bool):
@@ -225,6 +225,8 @@ def _run_with_progress(spec, out: Path, quiet: bool):
     console = Console(stderr=True, quiet=quiet)
     console.print(f"loading {spec.model} ...")
     probe = load(spec.model)
+    if not quiet:  # the pipeline's own per-step bar, for long runs
+        probe.pipeline.set_progress_bar_config(disable=False, leave=False, desc="denoising", unit="step")
     console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {spec.intervention}, {spec.steps} steps -> {out}")
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet) as bar:
@@ -243,13 +245,13 @@ def _run_with_progress(spec, out: Path, quiet: bool):
             raise typer.Exit(130)
 
 
-def _write_outputs(ds, out: Path, quiet: bool) -> None:
+def _write_outputs(ds, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from .report import write_report
 
-    report = write_report(ds, out / "report.html")
+    report = write_report(ds, out / "report.html", metric=_default_metric(ds))
     _save_images(ds, out / "images")
     console = Console()  # --quiet silences progress, not the summary
     console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}")
@@ -261,6 +263,13 @@ def _write_outputs(ds, out: Path, quiet: bool) -> None:
         for i in range(best.sizes["site"]):
             table.add_row(str(best.site_label.values[i]), str(best.site_name.values[i]), f"{float(best.values[i]):.3f}")
         console.print(table)
+
+
+def _default_metric(ds) -> str:
+    """OCR F1 to the target text when the sweep computed it, else the spec's first metric."""
+    if "ocr_f1_target" in ds:
+        return "ocr_f1_target"
+    return json.loads(ds.attrs["spec"])["metrics"][0]
 
 
 def _save_images(ds, folder: Path) -> None:
@@ -278,7 +287,7 @@ def _save_images(ds, folder: Path) -> None:
 @_guard
 def report(
     folder: Path = typer.Argument(..., help="A sweep's --out folder (or a results.nc file)."),
-    metric: str = typer.Option("ocr_f1_target", help="Metric that ranks sites and colours heatmaps."),
+    metric: Optional[str] = typer.Option(None, help="Metric that ranks sites and colours heatmaps (default: ocr_f1_target if present)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report path (default FOLDER/report.html)."),
 ):
     """(Re)build the HTML report from a saved dataset.\n\nExample: diffprobe report runs/glyph"""
@@ -287,7 +296,7 @@ def report(
 
     ds = open_results(folder)
     target = out or ((folder if folder.is_dir() else folder.parent) / "report.html")
-    typer.echo(str(write_report(ds, target, metric=metric)))
+    typer.echo(str(write_report(ds, target, metric=metric or _default_metric(ds))))
 
 
 @app.command()

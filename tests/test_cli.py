@@ -115,3 +115,29 @@ def test_sweep_report_passes_the_browser_check(swept):
     assert seen["dialogs"] == []
     assert seen["traces"] and all(n >= 1 for n in seen["traces"])
     assert XSS in seen["text"]  # the hostile prompt shows as text
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_batches(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = save_tiny("sd15", tmp_path / "sd15")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "diffprobe.cli", "sweep", "--model", str(model), "--bench", "simple", "--n", "3",
+           "--sites", "cross:all", "--steps", "2", "--batch-size", "2", "--metrics", "mse", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("batches/cell-*.nc")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "resume" in err
+    assert "Traceback" not in err
+    kept = list(out.glob("batches/*.nc"))
+    assert kept
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (out / "results.nc").exists()
