@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -159,16 +159,14 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected) 
             continue
         attn = _resolve(denoiser_env, sp.site.name)
         if kv_ops or kv_caps:
-            for j, sub in enumerate(sp.site.kv):
+            for j, sub in enumerate(sp.site.kv):  # keys (j=0), then values (j=1): the order they run in
                 env = getattr(attn, sub)
                 value = env.output
                 if kv_ops:
                     value = _edit_kv(value, kv_ops, j, plan, sp.site, text_len, injected)
                     env.output = value
                 if kv_caps:
-                    _record(store, [c for c in kv_caps], value, n) if j == 0 else _record(
-                        store, [CapOp(c.row, c.variant, c.steps, c.half, c.what, c.name + ":v") for c in kv_caps], value, n
-                    )
+                    _record(store, [replace(c, name=f"{c.name}:{'kv'[j]}") for c in kv_caps], value, n)
         if out_ops or out_caps:
             value = attn.output
             if out_ops:
@@ -212,7 +210,6 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     cap_steps = {}
     for sp in plan.sites:
         for op in sp.cap:
-            cap_steps[op.name] = op.steps
-            if op.what == "kv":
-                cap_steps[op.name + ":v"] = op.steps
+            for name in ((f"{op.name}:k", f"{op.name}:v") if op.what == "kv" else (op.name,)):
+                cap_steps[name] = op.steps
     return EngineResult(images=images, captures=captures, capture_steps=cap_steps)
