@@ -85,7 +85,8 @@ def _edit_kv(x: torch.Tensor, ops: Sequence[KvOp], j: int, plan: Plan, site, tex
     return new
 
 
-def _scale_one(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int) -> torch.Tensor:
+def _scale_rows(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int) -> torch.Tensor:
+    """Scale whole rows, or (ops with heads) those heads' channel groups of a heads-concatenated tensor."""
     offs = _offsets(t.shape[0], n_rows)
     if offs is None:
         return t
@@ -103,11 +104,10 @@ def _scale_one(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int)
 
 
 def _edit_output(out, ops: Sequence[OutOp], n_rows: int, n_heads: int):
+    """Scale the image-stream output (the first element when the module returns a tuple)."""
     if isinstance(out, torch.Tensor):
-        return _scale_one(out, ops, n_rows, n_heads)
-    return type(out)(
-        _scale_one(o, ops, n_rows, n_heads) if isinstance(o, torch.Tensor) else o for o in out
-    )
+        return _scale_rows(out, ops, n_rows, n_heads)
+    return type(out)([_scale_rows(out[0], ops, n_rows, n_heads), *out[1:]])
 
 
 def _record(store, ops: Sequence[CapOp], value, n_rows: int) -> None:
@@ -145,7 +145,7 @@ def precompute_injections(probe, plan: Plan) -> dict:
     return out
 
 
-def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected) -> None:
+def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, projected) -> None:
     n = len(plan.rows)
     for sp in plan.sites:
         if sp.site is None:
@@ -167,10 +167,19 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected) 
                     env.output = value
                 if kv_caps:
                     _record(store, [replace(c, name=f"{c.name}:{'kv'[j]}") for c in kv_caps], value, n)
-        if out_ops or out_caps:
+        head_ops = [op for op in out_ops if op.heads is not None]
+        if head_ops:
+            # a head's contribution is its slice of the input of the output projection
+            if sp.site.name in projected:
+                proj = attn.to_out[0]
+                proj.input = _scale_rows(proj.input, head_ops, n, sp.site.heads)
+            else:  # no output projection (FLUX single-stream): the output is still per head
+                attn.output = _edit_output(attn.output, head_ops, n, sp.site.heads)
+        whole_ops = [op for op in out_ops if op.heads is None]
+        if whole_ops or out_caps:
             value = attn.output
-            if out_ops:
-                value = _edit_output(value, out_ops, n, sp.site.heads)
+            if whole_ops:
+                value = _edit_output(value, whole_ops, n, sp.site.heads)
                 attn.output = value
             if out_caps:
                 _record(store, out_caps, value, n)
@@ -199,10 +208,14 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     store: dict = defaultdict(lambda: defaultdict(list))
     steps = plan.steps
     denoiser_env = getattr(model, adapter.denoiser_attr)
+    projected = {  # sites whose per-head output passes through an output projection `to_out.0`
+        sp.site.name for sp in plan.sites
+        if sp.site is not None and hasattr(probe.denoiser.get_submodule(sp.site.name), "to_out")
+    }
     with model.generate(prompts, **kwargs) as tracer:
         if steps:
             for step in tracer.iter[steps]:
-                _apply_step(step, plan, denoiser_env, store, text_len, injected)
+                _apply_step(step, plan, denoiser_env, store, text_len, injected, projected)
         output = model.output.save()
     images = np.asarray(output.images)[: plan.n_variants]
     images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)

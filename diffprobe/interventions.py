@@ -164,7 +164,12 @@ class Ablate(Intervention):
 
 @dataclass(frozen=True)
 class Scale(Intervention):
-    """Multiply a site's attention output by ``factor`` (steering strength; 1.0 is the identity)."""
+    """Multiply a site's attention output by ``factor`` (steering strength; 1.0 is the identity).
+
+    Without ``heads`` the site's image-stream output is scaled (joint sites keep their text stream);
+    with ``heads`` only those heads' contribution is, i.e. their slice of the per-head attention result
+    before the output projection ``to_out.0``.
+    """
 
     factor: float = 1.0
 
@@ -205,15 +210,18 @@ def resolve_steps(steps: StepSpec, n_steps: int, owner: str = "intervention") ->
                 a, b = text.split(":", 1)
                 lo = int(a) if a.strip() else 0
                 hi = int(b) if b.strip() else n_steps
-                idx = list(range(lo, hi))
-                if hi <= lo:
-                    raise InterventionError(f"{owner}: step window {steps!r} is empty.")
             else:
-                idx = [int(text)]
+                lo = int(text)
+                hi = lo + 1
         except ValueError:
             raise InterventionError(
                 f"{owner}: cannot read steps={steps!r}; write '4:' (from 4 on), '2:5', '3' or a list."
             ) from None
+        if hi <= lo and 0 <= lo < n_steps:
+            raise InterventionError(
+                f"{owner}: step window {steps!r} is empty; valid steps are 0-{n_steps - 1}."
+            )
+        idx = list(range(lo, hi)) or [lo]  # a start outside [0, N) is reported below
     elif isinstance(steps, int):
         idx = [steps]
     else:

@@ -158,11 +158,17 @@ def _check_kv_site(iv: Intervention, site: Site, owner: str, supports_inject: bo
             "choose cross, joint or single sites (e.g. 'cross:all'), or use Scale/Ablate(target='output')."
         )
     needs_encoder = isinstance(iv, Inject) or (isinstance(iv, Ablate) and iv.mode in ("mean", "empty"))
-    if needs_encoder and (site.kind != "cross" or not supports_inject):
+    if needs_encoder and site.kind != "cross":
         raise InterventionError(
             f"{owner}: cannot compute K/V from prompt embeddings at {site.label} ({site.name}): "
             f"{site.kind} attention reads a text stream that changes from block to block. "
             "Use Patch(source=<prompt>) instead, which runs that prompt in the same batch."
+        )
+    if needs_encoder and not supports_inject:
+        raise InterventionError(
+            f"{owner}: computing K/V from prompt embeddings is not implemented for this architecture's "
+            f"cross-attention ({site.label}, {site.name}): its text passes through the denoiser's own caption "
+            "projection and attention mask first. Use Patch(source=<prompt>) instead."
         )
 
 

@@ -1,0 +1,299 @@
+"""Evaluate a glyph pipeline: generate prompts x samples, OCR each image with Tesseract, score it.
+
+    python -m diffprobe.zoo.glyph.evaluate [--model DIR] [--split heldout|train|all] [--samples 2]
+        [--steps 25] [--guidance 4] [--out results.json] [--grid grid.png]
+
+OCR (pytesseract): crop the frame border, Otsu threshold on luminance, text = the minority class, tight crop
+with white padding, 4x upscale, ``--psm 7``, lower-case, whitespace dropped. Scores: exact match, character
+precision/recall on the character multiset with the paper's F1 = 2 mean(P) mean(R) / (mean(P) + mean(R)),
+and colour-template adherence (the nearest template by background + text colour is the prompted one).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import time
+
+import numpy as np
+from PIL import Image
+
+from . import data
+
+BORDER = 4  # frame / underline live in the outer 4 pixels
+PAD = 8
+UPSCALE = 3
+
+
+def _luma(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    return 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+
+
+def text_mask(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(interior RGB array, boolean text mask) of an image: Otsu on luminance, text = minority class."""
+    from skimage.filters import threshold_otsu
+
+    a = np.asarray(img.convert("RGB"))
+    inner = a[BORDER:-BORDER, BORDER:-BORDER]
+    y = _luma(inner)
+    if float(y.max() - y.min()) < 1e-3:
+        return inner, np.zeros(y.shape, dtype=bool)
+    th = threshold_otsu(y)
+    bright = y > th
+    mask = bright if bright.mean() < 0.5 else ~bright
+    return inner, _clean(mask)
+
+
+def _clean(mask: np.ndarray, min_size: int = 4) -> np.ndarray:
+    """Drop specks: connected components smaller than ``min_size`` pixels (e.g. frame corners left by the crop)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return mask
+    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[1:] = sizes >= min_size
+    return keep[lab]
+
+
+def ocr_image(img: Image.Image) -> Image.Image:
+    """The binarised, tightly cropped, padded and upscaled image handed to Tesseract (black text on white)."""
+    _, mask = text_mask(img)
+    if not mask.any():
+        return Image.new("L", (64, 32), 255)
+    rows, cols = np.where(mask.any(1))[0], np.where(mask.any(0))[0]
+    m = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    m = np.pad(m, PAD, constant_values=False)
+    im = Image.fromarray(np.where(m, 0, 255).astype(np.uint8), "L")
+    return im.resize((im.width * UPSCALE, im.height * UPSCALE), Image.NEAREST)
+
+
+def ocr(img: Image.Image) -> str:
+    """Tesseract's reading of a generated sign, lower-cased with whitespace removed."""
+    import pytesseract
+
+    txt = pytesseract.image_to_string(ocr_image(img), config="--psm 7")
+    return "".join(txt.split()).lower()
+
+
+def char_pr(pred: str, target: str) -> tuple[float, float]:
+    """Precision and recall of the character multiset of ``pred`` against ``target`` (whitespace dropped)."""
+    p, t = collections.Counter("".join(pred.split())), collections.Counter("".join(target.split()))
+    matched = sum((p & t).values())
+    prec = matched / max(1, sum(p.values())) if p else 0.0
+    rec = matched / max(1, sum(t.values()))
+    return prec, rec
+
+
+def f1_from(precisions, recalls) -> float:
+    mp, mr = float(np.mean(precisions)), float(np.mean(recalls))
+    return 0.0 if mp + mr == 0 else 2 * mp * mr / (mp + mr)
+
+
+def colours(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(background RGB, text RGB) medians of a sign's interior."""
+    inner, mask = text_mask(img)
+    bg = np.median(inner[~mask], axis=0) if (~mask).any() else np.median(inner.reshape(-1, 3), axis=0)
+    fg = np.median(inner[mask], axis=0) if mask.any() else bg
+    return bg, fg
+
+
+def nearest_template(img: Image.Image) -> int:
+    bg, fg = colours(img)
+    d = [np.linalg.norm(bg - np.array(t.background)) + np.linalg.norm(fg - np.array(t.text)) for t in data.TEMPLATES]
+    return int(np.argmin(d))
+
+
+def split_pairs(split: str) -> list[tuple[int, int]]:
+    if split == "heldout":
+        return data.held_out_pairs()
+    if split == "train":
+        return data.train_pairs()
+    if split == "all":
+        return [(t, w) for t in range(len(data.TEMPLATES)) for w in range(len(data.WORDS))]
+    raise ValueError(split)
+
+
+def load(model_dir=None):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from . import default_model_path
+
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir or default_model_path()), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts, seeds, steps=25, guidance=4.0, batch=16, bf16=True):
+    """Generate one image per (prompt, seed); the seed fixes that image's initial noise."""
+    import contextlib
+
+    import torch
+
+    images = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch]]
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            out = pipe(
+                prompts[i : i + batch], height=data.HEIGHT, width=data.WIDTH, num_inference_steps=steps,
+                guidance_scale=guidance, generator=gens, clean_caption=False,
+            ).images
+        images += out
+    return images
+
+
+def score(images, pairs) -> dict:
+    rows, P, R = [], [], []
+    for img, (ti, wi) in zip(images, pairs):
+        word = data.WORDS[wi].lower()
+        text = ocr(img)
+        p, r = char_pr(text, word)
+        P.append(p), R.append(r)
+        rows.append(dict(template=ti, word=data.WORDS[wi], ocr=text, exact=text == word,
+                         f1=0.0 if p + r == 0 else 2 * p * r / (p + r), colour_ok=nearest_template(img) == ti))
+    n = max(1, len(rows))
+    return dict(
+        n=len(rows),
+        exact=sum(r["exact"] for r in rows) / n,
+        char_f1=f1_from(P, R) if rows else 0.0,
+        mean_sample_f1=float(np.mean([r["f1"] for r in rows])) if rows else 0.0,
+        colour=sum(r["colour_ok"] for r in rows) / n,
+        samples=rows,
+    )
+
+
+def evaluate(model_dir=None, split="heldout", samples=2, steps=25, guidance=4.0, seed=0, batch=16, bf16=True,
+             grid=None, pipe=None) -> dict:
+    pipe = pipe or load(model_dir)
+    pairs = [p for p in split_pairs(split) for _ in range(samples)]
+    prompts = [data.prompt(t, data.WORDS[w]) for t, w in pairs]
+    seeds = [seed * 100003 + i for i in range(len(pairs))]
+    t0 = time.time()
+    images = generate(pipe, prompts, seeds, steps=steps, guidance=guidance, batch=batch, bf16=bf16)
+    gen_s = time.time() - t0
+    res = score(images, pairs)
+    res.update(split=split, samples_per_prompt=samples, steps=steps, guidance=guidance, seed=seed,
+               generate_seconds=round(gen_s, 1), model=str(model_dir))
+    if grid:
+        save_grid(images, grid)
+    return res
+
+
+def save_grid(images, path, cols=8, scale=2):
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    g = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
+    for i, im in enumerate(images):
+        g.paste(im, ((i % cols) * w, (i // cols) * h))
+    g.resize((g.width * scale, g.height * scale), Image.NEAREST).save(path)
+
+
+def main(argv=None):
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=pathlib.Path, default=None, help="pipeline directory (default: shipped)")
+    ap.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=pathlib.Path, default=None)
+    ap.add_argument("--grid", type=pathlib.Path, default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    res = evaluate(a.model, a.split, a.samples, a.steps, a.guidance, a.seed, a.batch, not a.fp32, a.grid)
+    summary = {k: v for k, v in res.items() if k != "samples"}
+    print(json.dumps(summary, indent=1))
+    wrong = [f'{s["word"]}->{s["ocr"]!r}' for s in res["samples"] if not s["exact"]]
+    print("misread:", ", ".join(wrong) or "none")
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Word sensitivity: does the word reach the UNet through cross-attention?
+
+
+class _InjectKV:
+    """Attention processor for an attn2 site: its keys/values come from stored target text embeddings."""
+
+    def __init__(self, inner, target):
+        self.inner, self.target = inner, target
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        if encoder_hidden_states is not None and self.target is not None:
+            encoder_hidden_states = self.target.to(encoder_hidden_states.dtype)
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+
+def generate_injected(pipe, src_prompts, tgt_prompts, seeds, sites=None, steps=25, guidance=4.0, bf16=True):
+    """Generate ``src_prompts`` while the cross-attention ``sites`` (default: all attn2) take their K/V from
+    ``tgt_prompts`` (both CFG halves; time embedding and everything else stay the source's)."""
+    import contextlib
+
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pos, neg = pipe.encode_prompt(tgt_prompts, guidance > 1, device="cpu", clean_caption=False)
+    target = torch.cat([neg, pos]) if guidance > 1 else pos
+    names = [n for n, _ in pipe.unet.named_modules() if n.endswith("attn2")]
+    sites = names if sites is None else sites
+    mods = dict(pipe.unet.named_modules())
+    old = {n: mods[n].processor for n in sites}
+    try:
+        for n in sites:
+            mods[n].set_processor(_InjectKV(AttnProcessor2_0(), target))
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            return pipe(src_prompts, height=data.HEIGHT, width=data.WIDTH, num_inference_steps=steps,
+                        guidance_scale=guidance, generator=gens, clean_caption=False).images
+    finally:
+        for n, p in old.items():
+            mods[n].set_processor(p)
+
+
+def word_sensitivity(pipe, n=8, steps=25, guidance=4.0, seed=0, bf16=True) -> dict:
+    """Same noise, other word: how much does the output change, and does injecting the other word's text into
+    all cross-attention sites make the model render that word?"""
+    held = data.held_out_pairs()
+    rng = np.random.default_rng(seed)
+    src, tgt_word, tgt_tpl = [], [], []
+    for i in range(n):
+        t, w = held[(i * 5) % len(held)]
+        w2 = int(rng.choice([x for x in range(len(data.WORDS)) if x != w]))
+        t2 = (t + 3) % len(data.TEMPLATES)
+        src.append((t, w)), tgt_word.append((t, w2)), tgt_tpl.append((t2, w))
+    P = lambda pairs: [data.prompt(t, data.WORDS[w]) for t, w in pairs]  # noqa: E731
+    seeds = [seed * 7919 + i for i in range(n)]
+    kw = dict(steps=steps, guidance=guidance, bf16=bf16)
+    a = generate(pipe, P(src), seeds, batch=n, **kw)
+    b = generate(pipe, P(tgt_word), seeds, batch=n, **kw)
+    c = generate(pipe, P(tgt_tpl), seeds, batch=n, **kw)
+    inj = generate_injected(pipe, P(src), P(tgt_word), seeds, **kw)
+    arr = lambda ims: np.stack([np.asarray(i, dtype=np.float32) / 255 for i in ims])  # noqa: E731
+    s_src, s_inj = score(a, src), score(inj, tgt_word)
+    return dict(
+        n=n,
+        word_swap_pixel_change=float(np.abs(arr(a) - arr(b)).mean()),
+        template_swap_pixel_change=float(np.abs(arr(a) - arr(c)).mean()),
+        injection_all_sites_pixel_change=float(np.abs(arr(a) - arr(inj)).mean()),
+        source_exact=s_src["exact"],
+        injection_all_sites_exact_to_target=s_inj["exact"],
+        injection_all_sites_f1_to_target=s_inj["char_f1"],
+        injection_all_sites_exact_to_source=score(inj, src)["exact"],
+        injection_all_sites_colour_kept=s_inj["colour"],
+    )
