@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from _browser import needs_chromium, open_page
 from _synthetic import make_counts, make_results
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.report import top_sites, write_report
 from diffprobe.report.html import script_json
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 XSS = "<script>alert(1)</script>"
 IMG_XSS = '<img src=x onerror="window.__xss = true; alert(2)">'
 
@@ -93,34 +88,20 @@ def test_top_sites_and_bad_metric():
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                    reason="Debian's chromium is not installed (apt-get install -y chromium, or make install)")
+@needs_chromium
 def test_report_in_headless_chromium(report):
-    from playwright.sync_api import sync_playwright  # in the test extra; missing it is a failure, not a skip
-
-    errors, requests, dialogs = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(report.resolve().as_uri(), wait_until="load")
-            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20_000)
-            n_traces = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(d => d.data.length)")
-            heat_cells = page.locator("#fig-0 .heatmaplayer image, #fig-0 .hm image").count()
-            box = page.locator("#fig-0 .nsewdrag").first.bounding_box()  # the plot area: hover its centre cell
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            hover = page.locator("#fig-0 .hoverlayer .hovertext").first
-            hover.wait_for(timeout=5_000)
-            hover_text = hover.text_content()
-            prompt_visible = page.get_by_text(XSS, exact=False).first.is_visible()
-            page_text = page.inner_text("body")
-            xss_ran = page.evaluate("() => window.__xss === true")
-        finally:
-            browser.close()
+    with open_page(report) as (page, seen):
+        n_traces = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(d => d.data.length)")
+        heat_cells = page.locator("#fig-0 .heatmaplayer image, #fig-0 .hm image").count()
+        box = page.locator("#fig-0 .nsewdrag").first.bounding_box()  # the plot area: hover its centre cell
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        hover = page.locator("#fig-0 .hoverlayer .hovertext").first
+        hover.wait_for(timeout=5_000)
+        hover_text = hover.text_content()
+        prompt_visible = page.get_by_text(XSS, exact=False).first.is_visible()
+        page_text = page.inner_text("body")
+        xss_ran = page.evaluate("() => window.__xss === true")
+    errors, requests, dialogs = seen["errors"], seen["requests"], seen["dialogs"]
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert dialogs == [] and not xss_ran
