@@ -145,13 +145,15 @@ class Experiment:
         return tomli_w.dumps({k: v for k, v in self.to_dict().items() if v is not None})
 
     @classmethod
-    def from_toml(cls, text_or_path: str | Path) -> "Experiment":
-        path = Path(text_or_path) if not str(text_or_path).lstrip().startswith(("[", "#")) and "\n" not in str(text_or_path) else None
-        text = path.read_text() if path is not None else str(text_or_path)
+    def from_toml(cls, source: str | Path) -> "Experiment":
+        """From a TOML file (a Path, or a string naming an existing file) or from TOML text."""
+        is_file = isinstance(source, Path) or ("\n" not in source and Path(source).is_file())
+        text = Path(source).read_text() if is_file else source
         try:
             return cls.from_dict(tomllib.loads(text))
         except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"Cannot read the experiment TOML{f' {path}' if path else ''}: {exc}") from None
+            where = f" {source}" if is_file else ""
+            raise SpecError(f"Cannot read the experiment TOML{where}: {exc}") from None
 
     def fingerprint(self) -> str:
         """A hash of everything that decides the results (the store is keyed by it)."""
@@ -219,10 +221,9 @@ def resolve_sites(spec: Experiment, catalogue) -> list:
 
 
 def _one_site(catalogue, label: str):
-    if ":" in label and label.split(":", 1)[1].isdigit():
-        kind, idx = label.split(":", 1)
-        return catalogue.of_kind(kind)[int(idx)] if int(idx) < len(catalogue.of_kind(kind)) else list(
-            catalogue.parse(label))[0]
+    """A site by label (``cross:55``) or module name; errors name the valid choices."""
+    if ":" in label:
+        return catalogue.parse(label)[0]
     return catalogue.by_name(label)
 
 

@@ -188,3 +188,15 @@ def test_accessor_reductions(sdxl, tiny_dirs):
     assert ds.dp.localized("ssim", threshold=-1.0) == [f"cross:{i}" for i in range(3)]
     with pytest.raises(MetricError, match="Did you mean 'ssim'"):
         ds.dp.mean("ssimm")
+
+
+def test_spec_from_a_toml_file_and_a_broken_one(tiny_dirs, tmp_path):
+    spec = spec_for(tiny_dirs["sdxl"], t_starts=(0, 1))
+    (tmp_path / "spec.toml").write_text(spec.to_toml())
+    assert Experiment.from_toml(tmp_path / "spec.toml") == spec
+    assert Experiment.from_toml(str(tmp_path / "spec.toml")) == spec
+    (tmp_path / "bad.toml").write_text("steps = [unclosed\n")
+    with pytest.raises(SpecError, match="Cannot read the experiment TOML .*bad.toml"):
+        Experiment.from_toml(tmp_path / "bad.toml")
+    with pytest.raises(SpecError, match="Unknown experiment field 'step'.*Did you mean 'steps'"):
+        Experiment.from_toml('step = 3\n')
