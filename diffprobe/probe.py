@@ -36,8 +36,11 @@ class Probe:
     selection against the whole denoiser (the paper's Table 1).
     """
 
-    def __init__(self, *, name: str, denoiser: torch.nn.Module, adapter: Adapter, model=None):
+    def __init__(self, *, name: str, denoiser: torch.nn.Module, adapter: Adapter, model=None,
+                 defaults: dict | None = None):
         self.name = name
+        #: generation settings used when a call leaves them None (e.g. the glyph model's 32x96 size)
+        self.defaults: dict[str, Any] = dict(defaults or {})
         self.denoiser = denoiser
         self.adapter = adapter
         self.model = model  # nnsight DiffusionModel, None for meta builds
@@ -45,7 +48,7 @@ class Probe:
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def from_nnsight(cls, model, *, name: str) -> "Probe":
+    def from_nnsight(cls, model, *, name: str, defaults: dict | None = None) -> "Probe":
         pipe = model.pipeline
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         if denoiser is None:
@@ -55,7 +58,7 @@ class Probe:
             )
         adapter = adapter_for(denoiser)
         pipe.set_progress_bar_config(disable=True)
-        return cls(name=name, denoiser=denoiser, adapter=adapter, model=model)
+        return cls(name=name, denoiser=denoiser, adapter=adapter, model=model, defaults=defaults)
 
     @classmethod
     def from_denoiser(cls, denoiser: torch.nn.Module, *, name: str) -> "Probe":
@@ -108,6 +111,9 @@ class Probe:
         from .engine import run_plan
 
         self._require_weights()
+        guidance = self.defaults.get("guidance") if guidance is None else guidance
+        height = self.defaults.get("height") if height is None else height
+        width = self.defaults.get("width") if width is None else width
         plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
         result = run_plan(self, plan, guidance=guidance, height=height, width=width)
         return Generation(images=result.images, captures=label_captures(result, plan))

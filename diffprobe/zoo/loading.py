@@ -130,7 +130,12 @@ def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None
         name = model[: -len(":meta")]
         return Probe.from_denoiser(meta_denoiser(name), name=model)
     if isinstance(model, str) and model == DEFAULT_MODEL:
-        return Probe.from_nnsight(_nnsight_model(_default_model_dir(), dtype, device), name=DEFAULT_MODEL)
+        from .glyph import HEIGHT, WIDTH
+
+        return Probe.from_nnsight(
+            _nnsight_model(_default_model_dir(), dtype, device), name=DEFAULT_MODEL,
+            defaults={"height": HEIGHT, "width": WIDTH},
+        )
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
         if path.is_dir():
