@@ -37,6 +37,7 @@ def _probe_and_pairs(n: int, console: Console):
 def run_demo(out: Path, *, n: int = 8, quiet: bool = False) -> Path:
     from .experiments import Experiment, run
     from .report import write_report
+    from .results import share_baselines
 
     console = Console(stderr=True, quiet=quiet)
     probe, pairs, model, steps = _probe_and_pairs(n, console)
@@ -50,6 +51,7 @@ def run_demo(out: Path, *, n: int = 8, quiet: bool = False) -> Path:
     counts = sorted({k for k in (1, 2, 3, 5, len(ranked)) if k <= len(ranked)})
     console.print(f"[bold]2/2[/] layer-count trade-off: top {counts} of {ranked}")
     count_spec = spec.replace(sites=tuple(ranked), grouping="cumulative", counts=tuple(counts), t_starts=(0,))
+    share_baselines(out / "layers", out / "counts")  # same pairs, seeds and settings
     ds_count = run(count_spec, probe=probe, store=out / "counts", progress=_printer(console, "counts"))
     report = write_report(ds, out / "report.html", counts=ds_count,
                           title=f"diffprobe demo: which cross-attention layers write the text? ({model})")

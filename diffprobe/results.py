@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import xarray as xr
 
 from .errors import ResultsError
 
-__all__ = ["Store", "assemble", "open_results", "versions", "DiffprobeAccessor"]
+__all__ = ["Store", "assemble", "open_results", "share_baselines", "versions", "DiffprobeAccessor"]
 
 ENGINE = "h5netcdf"
 
@@ -161,6 +162,23 @@ class Store:
     def finalize(self, ds: xr.Dataset) -> None:
         if self.root is not None:
             _atomic_netcdf(ds, self.root / "results.nc")
+
+
+def share_baselines(source: str | Path, target: str | Path) -> int:
+    """Copy the finished baseline batches of one store into another; returns how many were copied.
+
+    Baselines (the unpatched source and target images) depend only on the model, the pairs, the seeds,
+    the generation settings, the metrics and the batch size, so two specs that agree on those (a layer
+    sweep and its layer-count follow-up, say) can share them instead of generating them twice.
+    The caller vouches for that agreement.
+    """
+    src, dst = Path(source) / "batches", Path(target) / "batches"
+    dst.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("base-*.nc"))
+    for f in files:
+        if not (dst / f.name).exists():
+            shutil.copyfile(f, dst / f.name)
+    return len(files)
 
 
 def _grid(spec, sites, groups) -> tuple[list[str], dict]:

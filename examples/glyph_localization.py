@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 from pathlib import Path
 
 import diffprobe as dp
 import diffprobe.zoo.glyph
 from diffprobe.experiments import Experiment, run
 from diffprobe.glyph_bench import glyph_pairs
+from diffprobe.results import share_baselines
 
 
 def fmt(ci, name, i, t=None):
@@ -49,9 +49,7 @@ def main() -> None:
     ts_spec = spec.replace(sites=tuple(ranked[:3]), t_starts=(5, 10))
     count_spec = spec.replace(sites=tuple(ranked), grouping="cumulative", counts=tuple(counts))
     for name in ("timesteps", "counts"):  # same pairs, seeds and settings: reuse the unpatched baselines
-        (args.out / name / "batches").mkdir(parents=True, exist_ok=True)
-        for f in (args.out / "layers" / "batches").glob("base-*.nc"):
-            shutil.copy(f, args.out / name / "batches" / f.name)
+        share_baselines(args.out / "layers", args.out / name)
     dt = run(ts_spec, probe=probe, store=args.out / "timesteps", progress=lambda d, n: print(f"t_s {d}/{n}", flush=True))
     dc = run(count_spec, probe=probe, store=args.out / "counts", progress=lambda d, n: print(f"counts {d}/{n}", flush=True))
     report = ds.dp.report(args.out / "report.html", counts=dc, title="glyph: which cross-attention layers write the text?")

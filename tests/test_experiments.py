@@ -200,3 +200,16 @@ def test_spec_from_a_toml_file_and_a_broken_one(tiny_dirs, tmp_path):
         Experiment.from_toml(tmp_path / "bad.toml")
     with pytest.raises(SpecError, match="Unknown experiment field 'step'.*Did you mean 'steps'"):
         Experiment.from_toml('step = 3\n')
+
+
+def test_shared_baselines_are_not_recomputed(sdxl, tiny_dirs, tmp_path, monkeypatch):
+    from diffprobe.results import share_baselines
+
+    first = run(spec_for(tiny_dirs["sdxl"], sites="cross:0-1"), probe=sdxl, store=tmp_path / "a")
+    assert share_baselines(tmp_path / "a", tmp_path / "b") == 1
+    ran = []
+    real = type(sdxl).run
+    monkeypatch.setattr(type(sdxl), "run", lambda self, variants, **k: ran.append(len(variants)) or real(self, variants, **k))
+    second = run(spec_for(tiny_dirs["sdxl"], sites="cross:2-3"), probe=sdxl, store=tmp_path / "b")
+    assert ran == [4]  # the four cells only: no baseline batch
+    np.testing.assert_array_equal(second.source_image.values, first.source_image.values)
