@@ -40,10 +40,10 @@ TEMPLATES: tuple[Template, ...] = (
 )
 
 WORDS: tuple[str, ...] = (
-    "STOP", "OPEN", "LOVE", "HOPE", "CAFE", "BOAT", "SALE", "EXIT",
+    "STOP", "OPEN", "LOVE", "HOPE", "CAFE", "BOOK", "SALE", "EXIT",
     "HELLO", "PIZZA", "MILK", "FISH", "RAIN", "STAR", "MOON", "GOLD",
     "JAZZ", "KING", "DOG", "CAT", "SUN", "TREE", "BIRD", "WAVE",
-    "FIRE", "SNOW", "LION", "ROSE", "FARM", "VOTE", "QUIZ", "BANK",
+    "FIRE", "SNOW", "LION", "ROSE", "FARM", "TAXI", "QUIZ", "BANK",
 )
 
 PROMPT_FORMAT = '{template} that says "{word}"'

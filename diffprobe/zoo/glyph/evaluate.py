@@ -118,12 +118,12 @@ def split_pairs(split: str) -> list[tuple[int, int]]:
 
 
 def load(model_dir=None):
-    import torch
+    """The pipeline at ``model_dir`` (default: the shipped weights), fp32, progress bar off."""
     from diffusers import DiffusionPipeline
 
     from . import default_model_path
 
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir or default_model_path()), torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir or default_model_path()))  # fp32 by default
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -55,7 +55,7 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-SPELL = True  # sign words are spelled out letter by letter (WordPiece pieces); False: one token per sign word
+SPELL = False  # sign words are spelled out letter by letter (WordPiece pieces); False: one token per sign word
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 

@@ -33,19 +33,21 @@ def parse_args(argv=None):
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/glyph"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--text-lr", type=float, default=5e-4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--text-lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--decay-from", type=float, default=0.8, help="cosine lr decay over the last (1-x) of steps")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--cfg-drop", type=float, default=0.1)
     p.add_argument("--noisy-frac", type=float, default=0.5, help="fraction of timesteps drawn from [T/2, T)")
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--probe-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--probe-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--ship", action="store_true", help="when done, copy the EMA pipeline (UNet in fp16) into "
+                   "diffprobe/zoo/glyph/weights")
     p.add_argument("--xattn-mask", action="store_true", help="diagnostic only: mask pad tokens in cross-attention "
                    "(IFPipeline does not, so a model trained this way does not match the pipeline)")
     return p.parse_args(argv)
@@ -153,6 +155,28 @@ def export_pipeline(unet, te, tok, ema, path, dtype=torch.float32):
     return path
 
 
+def ship_weights(pipeline_dir, dest=None) -> pathlib.Path:
+    """Copy an exported pipeline directory to ``dest`` (default: the shipped weights) with the UNet in fp16."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from . import default_model_path
+
+    src, dest = pathlib.Path(pipeline_dir), pathlib.Path(dest or default_model_path())
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    unet = UNet2DConditionModel.from_pretrained(src / "unet")
+    shutil.rmtree(tmp / "unet")
+    unet.to(torch.float16).save_pretrained(tmp / "unet", safe_serialization=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -184,6 +208,12 @@ def main(argv=None):
         torch.set_rng_state(ck["torch_rng"])
         step, wall = ck["step"], ck["wall"]
         print(f"resumed from step {step} ({wall / 60:.1f} min)", flush=True)
+        for f in ("loss.csv", "probe.csv"):  # drop rows logged after the checkpoint
+            fp = out / f
+            if fp.exists():
+                lines = fp.read_text().splitlines(keepends=True)
+                keep = [ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step]
+                fp.write_text("".join(keep))
     else:
         for f in ("loss.csv", "probe.csv"):
             (out / f).unlink(missing_ok=True)
@@ -265,6 +295,8 @@ def main(argv=None):
     bar.close()
     loss_f.close(), probe_f.close()
     print(f"done: {step} steps, {wall / 60:.1f} min", flush=True)
+    if args.ship:
+        print(f"shipped to {ship_weights(out / 'pipeline')}", flush=True)
 
 
 if __name__ == "__main__":
