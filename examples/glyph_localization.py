@@ -8,7 +8,8 @@
 3. Layer-count trade-off: inject into the top 1, 2, 3, 5 and all sites (ranked by step 1) together.
 3. The HTML report, and a markdown table of every site: OCR F1 to the target and source texts,
    exact-match rate, SSIM to the unpatched source image, with 95% confidence intervals.
-Resumable: rerun the same command after an interruption.
+Resumable: rerun the same command after an interruption. The store is keyed by the spec, not by the
+weights: after retraining the model, use a fresh --out.
 """
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ from diffprobe.results import share_baselines
 
 
 def fmt(ci, name, i, t=None):
-    sel = {"site": i} if "site" in ci[name].dims else {"n_sites": i}
-    if t is not None:
-        sel["t_start"] = t
-    m, h = float(ci[name]["mean"].isel(sel)), float(ci[name]["ci"].isel(sel))
-    return f"{m:.2f} ± {h:.2f}"
+    """'mean ± half-width' of a metric at the i-th site (or count), at step window t_s = t."""
+    cell = ci[name].isel({"site": i} if "site" in ci[name].dims else {"n_sites": i})
+    cell = cell.sel(t_start=t) if t is not None else cell.isel(t_start=0)
+    return f"{float(cell['mean']):.2f} ± {float(cell['ci']):.2f}"
 
 
 def main() -> None:
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
 
+    weights = next(iter(sorted((Path(dp.zoo.glyph.default_model_path()) / "unet").glob("*.safetensors"))))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]  # before loading: the weights this run used
     probe = dp.load("glyph")
     pairs = tuple(glyph_pairs(args.pairs, seed=1))
     spec = Experiment(model="glyph", pairs=pairs, intervention="inject", sites="cross:all", t_starts=(0,),
@@ -58,8 +60,6 @@ def main() -> None:
     names = ("ocr_f1_target", "ocr_f1_source", "exact_target", "ssim")
     ci = {n: ds.dp.mean_ci(n) for n in names}
     cc = {n: dc.dp.mean_ci(n) for n in names}
-    weights = next(iter(sorted((Path(dp.zoo.glyph.default_model_path()) / "unet").glob("*.safetensors"))))
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     lines = [f"Model `glyph` (unet weights sha256 {digest}), {len(pairs)} pairs, 25 steps, seed 0, "
              "guidance 7.0 (the pipeline's default).", ""]
     base = {n: float(ds[f"baseline_{n}"].sel(role=r).mean()) for n in ("ocr_f1_target", "exact_target") for r in ("target",)}
