@@ -63,6 +63,18 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    """On a loaded CPU, torch's default of one thread per core can collapse; let the user pin it."""
+    if threads is not None:
+        import torch
+
+        from .errors import SpecError
+
+        if threads < 1:
+            raise SpecError(f"--threads {threads}: give a positive number of CPU threads, e.g. --threads 1.")
+        torch.set_num_threads(threads)
+
+
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     from .errors import SpecError
 
@@ -192,6 +204,7 @@ def sweep(
     config: Optional[Path] = typer.Option(None, "--config", help="Experiment spec TOML; other options override it."),
     out: Path = typer.Option(Path("diffprobe_out"), "--out", help="Output folder (re-running resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
 ):
     """Run (or resume) a sweep; write DIR/results.nc, DIR/report.html and images.
 
@@ -204,6 +217,7 @@ def sweep(
       diffprobe sweep --model ./sd3 --intervention patch --sites joint:all --pairs pairs.jsonl
     """
     _quiet_libraries()
+    _set_threads(threads)
     overrides = dict(
         model=model, sites=sites, intervention=intervention, steps=steps, t_starts=_ints(t_start, "t-start"),
         seeds=_ints(seeds, "seeds"), heads=_ints(heads, "heads"), per_head=per_head or None,
@@ -305,11 +319,13 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
     n: int = typer.Option(8, "--n", help="Prompt pairs."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
 ):
     """The main job on the embedded model: a layer sweep, a t_s sweep and the layer-count trade-off, with a report."""
     from .demo import run_demo
 
     _quiet_libraries()
+    _set_threads(threads)
     run_demo(out, n=n, quiet=quiet)
 
 

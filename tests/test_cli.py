@@ -26,6 +26,8 @@ def test_help_lists_every_command_with_examples():
         assert cmd in out
     assert "Example" in invoke("sweep", "--help").output
     assert "--t-start" in invoke("sweep", "--help").output
+    bad = runner.invoke(app, ["sweep", "--threads", "0"])
+    assert bad.exit_code == 2 and "positive number of CPU threads" in bad.output
 
 
 def test_layers_json_has_the_catalogue_fields():
