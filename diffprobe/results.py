@@ -89,7 +89,8 @@ class Store:
         self._mem: dict[tuple[str, int], xr.Dataset] = {}
 
     @classmethod
-    def open(cls, root, spec) -> "Store":
+    def open(cls, root, spec, weights: str | None = None) -> "Store":
+        """Open (or create) the store of ``spec``; refuse one written by another spec or other weights."""
         if root is None:
             return cls(None, spec)
         root = Path(root)
@@ -104,10 +105,16 @@ class Store:
                     f"{root} holds results of a different experiment ({_spec_diff(stored.get('spec', {}), spec.to_dict())}). "
                     "Choose another output folder, or delete this one to start over."
                 )
+            if weights and stored.get("weights") and stored["weights"] != weights:
+                raise ResultsError(
+                    f"{root} was written with other weights of {spec.model!r} (digest {stored['weights']}, now {weights}): "
+                    "the model changed since. Choose another output folder, or delete this one to recompute."
+                )
         else:
             root.mkdir(parents=True, exist_ok=True)
             tmp = spec_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": spec.to_dict()}, indent=1))
+            record = {"fingerprint": spec.fingerprint(), "weights": weights, "spec": spec.to_dict()}
+            tmp.write_text(json.dumps(record, indent=1))
             os.replace(tmp, spec_file)
         return cls(root, spec)
 

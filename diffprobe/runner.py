@@ -119,7 +119,7 @@ def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
     jobs = baseline_jobs(spec)
     base_batches = _chunks(jobs, max(1, spec.batch_size // 2))
     cell_batches = _chunks(cells, spec.batch_size)
-    st = Store.open(store, spec)
+    st = Store.open(store, spec, weights=probe.weights_digest())
     total = len(base_batches) + len(cell_batches)
     done = 0
 

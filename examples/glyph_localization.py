@@ -8,8 +8,8 @@
 3. Layer-count trade-off: inject into the top 1, 2, 3, 5 and all sites (ranked by step 1) together.
 3. The HTML report, and a markdown table of every site: OCR F1 to the target and source texts,
    exact-match rate, SSIM to the unpatched source image, with 95% confidence intervals.
-Resumable: rerun the same command after an interruption. The store is keyed by the spec, not by the
-weights: after retraining the model, use a fresh --out.
+Resumable: rerun the same command after an interruption. A store written with other weights (say,
+before the model was retrained) is refused: use a fresh --out then.
 """
 from __future__ import annotations
 

@@ -213,3 +213,17 @@ def test_shared_baselines_are_not_recomputed(sdxl, tiny_dirs, tmp_path, monkeypa
     second = run(spec_for(tiny_dirs["sdxl"], sites="cross:2-3"), probe=sdxl, store=tmp_path / "b")
     assert ran == [4]  # the four cells only: no baseline batch
     np.testing.assert_array_equal(second.source_image.values, first.source_image.values)
+
+
+def test_store_written_with_other_weights_is_refused(tiny_dirs, tmp_path):
+    import torch
+
+    probe = dp.load(tiny_dirs["sd15"])
+    spec = spec_for(tiny_dirs["sd15"], sites="cross:0")
+    run(spec, probe=probe, store=tmp_path / "s")
+    run(spec, probe=dp.load(tiny_dirs["sd15"]), store=tmp_path / "s")  # same weights, reloaded: resumes
+    retrained = dp.load(tiny_dirs["sd15"])
+    with torch.no_grad():
+        next(retrained.denoiser.parameters()).add_(0.01)
+    with pytest.raises(ResultsError, match="other weights.*model changed"):
+        run(spec, probe=retrained, store=tmp_path / "s")
