@@ -71,19 +71,19 @@ class Probe:
     def weights_digest(self) -> str | None:
         """A short fingerprint of the denoiser's weights (a strided sample of every tensor; cheap even
         for SDXL). Results stores record it, so a store written before a model was retrained is refused
-        instead of silently resumed. None for meta builds, which have no weights."""
-        if getattr(self, "_digest", None) is None and self.model is not None:
-            import hashlib
+        instead of silently resumed. Computed on each call, so in-place edits of the weights count.
+        None for meta builds, which have no weights."""
+        if self.model is None:
+            return None
+        import hashlib
 
-            h = hashlib.sha256()
-            with torch.no_grad():
-                for name, p in sorted(self.denoiser.state_dict().items()):
-                    flat = p.detach().reshape(-1)
-                    step = max(1, flat.numel() // 64)
-                    h.update(name.encode())
-                    h.update(flat[::step][:64].to(torch.float32).cpu().numpy().tobytes())
-            self._digest = h.hexdigest()[:16]
-        return getattr(self, "_digest", None)
+        h = hashlib.sha256()
+        with torch.no_grad():
+            for name, p in sorted(self.denoiser.state_dict().items()):
+                flat = p.detach().reshape(-1)
+                h.update(name.encode())
+                h.update(flat[:: max(1, flat.numel() // 64)][:64].to(torch.float32).cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def total_params(self) -> int:
