@@ -35,7 +35,7 @@ def _probe_and_pairs(n: int, console: Console):
 
 
 def run_demo(out: Path, *, n: int = 8, quiet: bool = False) -> Path:
-    from .experiments import Experiment, run
+    from .experiments import Experiment, count_follow_up, run
     from .report import write_report
     from .results import share_baselines
 
@@ -47,10 +47,8 @@ def run_demo(out: Path, *, n: int = 8, quiet: bool = False) -> Path:
     spec = Experiment(model=model, pairs=tuple(pairs), sites="cross:all", t_starts=t_starts, steps=steps,
                       batch_size=16)
     ds = run(spec, probe=probe, store=out / "layers", progress=_printer(console, "layers"))
-    ranked = [str(v) for v in ds.dp.best_sites("ocr_f1_target", k=len(ds.site)).site_label.values]
-    counts = sorted({k for k in (1, 2, 3, 5, len(ranked)) if k <= len(ranked)})
-    console.print(f"[bold]2/2[/] layer-count trade-off: top {counts} of {ranked}")
-    count_spec = spec.replace(sites=tuple(ranked), grouping="cumulative", counts=tuple(counts), t_starts=(0,))
+    count_spec = count_follow_up(spec, ds)
+    console.print(f"[bold]2/2[/] layer-count trade-off: top {list(count_spec.counts)} of {list(count_spec.sites)}")
     share_baselines(out / "layers", out / "counts")  # same pairs, seeds and settings
     ds_count = run(count_spec, probe=probe, store=out / "counts", progress=_printer(console, "counts"))
     report = write_report(ds, out / "report.html", counts=ds_count,

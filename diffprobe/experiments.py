@@ -26,7 +26,8 @@ from typing import Any
 from .bench import PromptPair
 from .errors import SiteError, SpecError, did_you_mean
 
-__all__ = ["Experiment", "INTERVENTIONS", "run", "layer_sweep", "timestep_sweep", "layer_count_sweep"]
+__all__ = ["Experiment", "INTERVENTIONS", "run", "layer_sweep", "timestep_sweep", "layer_count_sweep",
+           "count_follow_up"]
 
 INTERVENTIONS = ("inject", "patch", "ablate")
 GROUPINGS = ("each", "cumulative")
@@ -185,6 +186,14 @@ def layer_count_sweep(probe, pairs: Sequence[PromptPair], *, sites: Sequence[str
     spec = Experiment(model=probe.name, pairs=tuple(pairs), sites=tuple(sites), grouping="cumulative",
                       counts=tuple(counts), t_starts=(t_start,), **settings)
     return run(spec, probe=probe, store=store)
+
+
+def count_follow_up(spec: Experiment, ds, metric: str = "ocr_f1_target") -> Experiment:
+    """The layer-count follow-up of a layer sweep: its sites ranked by ``metric`` (best first), injected
+    together as the top 1, 2, 3, 5 and all of them, from step 0; everything else as in ``spec``."""
+    ranked = tuple(str(v) for v in ds.dp.best_sites(metric, k=ds.sizes["site"]).site_label.values)
+    counts = tuple(sorted({k for k in (1, 2, 3, 5, len(ranked)) if k <= len(ranked)}))
+    return spec.replace(sites=ranked, grouping="cumulative", counts=counts, t_starts=(0,))
 
 
 def run(spec: Experiment, *, probe=None, store: str | Path | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import diffprobe as dp
 import diffprobe.zoo.glyph
-from diffprobe.experiments import Experiment, run
+from diffprobe.experiments import Experiment, count_follow_up, run
 from diffprobe.glyph_bench import glyph_pairs
 from diffprobe.results import share_baselines
 
@@ -46,10 +46,8 @@ def main() -> None:
     spec = Experiment(model="glyph", pairs=pairs, intervention="inject", sites="cross:all", t_starts=(0,),
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
-    ranked = [str(v) for v in ds.dp.best_sites("ocr_f1_target", k=ds.sizes["site"]).site_label.values]
-    counts = sorted({k for k in (1, 2, 3, 5, len(ranked)) if k <= len(ranked)})
-    ts_spec = spec.replace(sites=tuple(ranked[:3]), t_starts=(5, 10))
-    count_spec = spec.replace(sites=tuple(ranked), grouping="cumulative", counts=tuple(counts))
+    count_spec = count_follow_up(spec, ds)
+    ts_spec = spec.replace(sites=count_spec.sites[:3], t_starts=(5, 10))
     for name in ("timesteps", "counts"):  # same pairs, seeds and settings: reuse the unpatched baselines
         share_baselines(args.out / "layers", args.out / name)
     dt = run(ts_spec, probe=probe, store=args.out / "timesteps", progress=lambda d, n: print(f"t_s {d}/{n}", flush=True))
@@ -62,7 +60,7 @@ def main() -> None:
     cc = {n: dc.dp.mean_ci(n) for n in names}
     lines = [f"Model `glyph` (unet weights sha256 {digest}), {len(pairs)} pairs, 25 steps, seed 0, "
              "guidance 7.0 (the pipeline's default).", ""]
-    base = {n: float(ds[f"baseline_{n}"].sel(role=r).mean()) for n in ("ocr_f1_target", "exact_target") for r in ("target",)}
+    base = {n: float(ds[f"baseline_{n}"].sel(role="target").mean()) for n in ("ocr_f1_target", "exact_target")}
     src = {n: float(ds[f"baseline_{n}"].sel(role="source").mean()) for n in ("ocr_f1_target", "ocr_f1_source", "exact_target")}
     lines += [f"Unpatched source images: OCR F1 to source {src['ocr_f1_source']:.2f}, to target {src['ocr_f1_target']:.2f}; "
               f"unpatched target images: OCR F1 to target {base['ocr_f1_target']:.2f}, exact {base['exact_target']:.2f}.", ""]

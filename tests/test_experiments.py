@@ -227,3 +227,18 @@ def test_store_written_with_other_weights_is_refused(tiny_dirs, tmp_path):
         next(retrained.denoiser.parameters()).add_(0.01)
     with pytest.raises(ResultsError, match="other weights.*model changed"):
         run(spec, probe=retrained, store=tmp_path / "s")
+
+
+def test_count_follow_up_ranks_the_sweep_sites_and_keeps_the_rest_of_the_spec():
+    from _synthetic import make_results
+
+    from diffprobe.bench import PromptPair
+    from diffprobe.experiments import Experiment, count_follow_up
+
+    labels = [f"cross:{i}" for i in range(6)]
+    ds = make_results(n_sites=6).assign_coords(site_label=("site", labels))  # site 2 localizes, site 3 half-way
+    spec = Experiment(model="tiny-glyph", pairs=(PromptPair("a", "b", "a", "b"),), sites="cross:all", t_starts=(0, 2, 4), steps=5)
+    follow = count_follow_up(spec, ds)
+    assert follow.sites[:2] == (labels[2], labels[3]) and sorted(follow.sites) == sorted(labels)
+    assert follow.counts == (1, 2, 3, 5, 6) and follow.grouping == "cumulative" and follow.t_starts == (0,)
+    assert follow.replace(sites=spec.sites, grouping="each", counts=(), t_starts=spec.t_starts) == spec
