@@ -46,8 +46,8 @@ bench: install
 # The shipped recipe, two phases (docs/model-card.md): 3000 steps with half the timesteps from [500, 1000),
 # then steps 3000-7400 at batch 16 with half from [900, 1000), where the word is decided. Deterministic, resumable.
 train-glyph: install
-	$(PY) -m diffprobe.zoo.glyph.train --out runs/glyph --seed 0 --steps 3000 --batch 8 --noisy-from 0.5 --threads 1
-	$(PY) -m diffprobe.zoo.glyph.train --out runs/glyph --seed 0 --resume --steps 7400 --batch 16 --noisy-from 0.9 \
+	$(PY) -m training.glyph.train --out runs/glyph --seed 0 --steps 3000 --batch 8 --noisy-from 0.5 --threads 1
+	$(PY) -m training.glyph.train --out runs/glyph --seed 0 --resume --steps 7400 --batch 16 --noisy-from 0.9 \
 		--threads 2 --probe-every 200 --ckpt-every 400 --ship
 
 clean:

@@ -6,7 +6,9 @@ the per-sample functions are re-exported for notebooks.
 from diffprobe.metrics.clip import clip_score
 from diffprobe.metrics.image import mse, psnr, ssim
 from diffprobe.metrics.ocr import read_text, read_texts
-from diffprobe.metrics.registry import DEFAULT_METRICS, METRICS, compute, list_metrics, unavailable, validate
+from diffprobe.metrics.registry import (
+    DEFAULT_METRICS, METRICS, compute, list_metrics, lower_is_better, unavailable, validate,
+)
 from diffprobe.metrics.text import char_f1, char_precision_recall, exact_match, levenshtein, set_f1
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "compute",
     "list_metrics",
     "validate",
+    "lower_is_better",
     "unavailable",
     "METRICS",
     "DEFAULT_METRICS",

@@ -26,7 +26,8 @@ from diffprobe.metrics import image as _image
 from diffprobe.metrics import ocr as _ocr
 from diffprobe.metrics import text as _text
 
-__all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "compute", "list_metrics", "validate", "unavailable"]
+__all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "compute", "list_metrics", "validate", "unavailable",
+           "lower_is_better"]
 
 NEEDS = frozenset({"ocr", "source_images", "prompts", "clip"})
 
@@ -40,6 +41,7 @@ class Metric:
     needs: frozenset[str]
     fn: Callable[..., float] | None = None  # None for batch metrics computed in ``compute`` (clip_t)
     against: str | None = None  # text metrics: "target" or "source"
+    lower_is_better: bool = False  # the one place that decides how a metric ranks sites (distances, errors)
 
     def __post_init__(self) -> None:
         unknown = self.needs - NEEDS
@@ -60,7 +62,8 @@ def _text_metrics(against: str) -> list[Metric]:
         ("lev", f"Levenshtein distance from the OCR reading to {what}",
          lambda ocr, text: float(_text.levenshtein(ocr, text))),
     ]
-    return [Metric(f"{stem}_{against}", desc, frozenset({"ocr"}), fn, against) for stem, desc, fn in specs]
+    return [Metric(f"{stem}_{against}", desc, frozenset({"ocr"}), fn, against, lower_is_better=stem == "lev")
+            for stem, desc, fn in specs]
 
 
 _IMAGE = frozenset({"source_images"})
@@ -69,7 +72,8 @@ METRICS: dict[str, Metric] = {
     for m in [
         *_text_metrics("target"),
         *_text_metrics("source"),
-        Metric("mse", "mean squared error vs the unpatched source image (0-255, float)", _IMAGE, _image.mse),
+        Metric("mse", "mean squared error vs the unpatched source image (0-255, float)", _IMAGE, _image.mse,
+               lower_is_better=True),
         Metric("psnr", "PSNR in dB vs the unpatched source image (peak 255; inf if identical)", _IMAGE, _image.psnr),
         Metric("ssim", "SSIM vs the unpatched source image (scikit-image, data_range 255)", _IMAGE, _image.ssim),
         Metric("clip_t", "CLIPScore 2.5*max(cos,0) of image vs prompt (needs local CLIP weights)",
@@ -82,6 +86,16 @@ DEFAULT_METRICS: list[str] = [name for name in METRICS if name != "clip_t"]
 def list_metrics() -> list[tuple[str, str]]:
     """Every registered metric as ``(name, description)``, in registry order."""
     return [(m.name, m.description) for m in METRICS.values()]
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether smaller values of metric ``name`` are better (distances, errors); ``MetricError`` if unknown.
+
+    ``baseline_<name>`` variables of a dataset rank like ``<name>``."""
+    name = name.removeprefix("baseline_")
+    if name not in METRICS:
+        raise MetricError(f"unknown metric {name!r}.{did_you_mean(name, METRICS)} Valid metrics: {', '.join(METRICS)}.")
+    return METRICS[name].lower_is_better
 
 
 def validate(names: Sequence[str]) -> list[str]:

@@ -57,7 +57,7 @@ def _default_model_dir() -> Path:
     if not (path / "model_index.json").exists():
         raise ModelLoadError(
             f"The embedded default model's weights are missing at {path}. Train them with "
-            "`make train-glyph` (python -m diffprobe.zoo.glyph.train) or pass another model."
+            "`make train-glyph` (python -m training.glyph.train) or pass another model."
         )
     return path
 

@@ -1,6 +1,6 @@
 """Train the embedded glyph model on this machine's CPU.
 
-    python -m diffprobe.zoo.glyph.train --out runs/glyph --seed 0 [--steps N] [--resume]
+    python -m training.glyph.train --out runs/glyph --seed 0 [--steps N] [--resume]
 
 Writes to --out: ``ckpt.pt`` (periodic, atomic; everything needed to resume bit-for-bit), ``loss.csv``
 (step, loss, lr, wall seconds), ``probe.csv`` (word-sensitivity probes), ``train.json`` (recipe, steps,
@@ -27,7 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import data, model
+from diffprobe.zoo.glyph import data
+
+from . import model
 
 PROBE_WORDS = ("STOP", "OPEN", "FISH", "HELLO")
 
@@ -168,7 +170,7 @@ def ship_weights(pipeline_dir, dest=None) -> pathlib.Path:
 
     from diffusers import UNet2DConditionModel
 
-    from . import default_model_path
+    from diffprobe.zoo.glyph import default_model_path
 
     src, dest = pathlib.Path(pipeline_dir), pathlib.Path(dest or default_model_path())
     tmp = dest.with_name(dest.name + ".tmp")

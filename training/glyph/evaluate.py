@@ -1,6 +1,6 @@
 """Evaluate a glyph pipeline: generate prompts x samples, OCR each image with Tesseract, score it.
 
-    python -m diffprobe.zoo.glyph.evaluate [--model DIR] [--split heldout|train|all] [--samples 2]
+    python -m training.glyph.evaluate [--model DIR] [--split heldout|train|all] [--samples 2]
         [--steps 25] [--guidance 4] [--out results.json] [--grid grid.png]
 
 OCR (pytesseract): crop the frame border, Otsu threshold on luminance, text = the minority class, tight crop
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from . import data
+from diffprobe.zoo.glyph import data
 
 BORDER = 4  # frame / underline live in the outer 4 pixels
 PAD = 8
@@ -121,7 +121,7 @@ def load(model_dir=None):
     """The pipeline at ``model_dir`` (default: the shipped weights), fp32, progress bar off."""
     from diffusers import DiffusionPipeline
 
-    from . import default_model_path
+    from diffprobe.zoo.glyph import default_model_path
 
     pipe = DiffusionPipeline.from_pretrained(str(model_dir or default_model_path()))  # fp32 by default
     pipe.set_progress_bar_config(disable=True)
