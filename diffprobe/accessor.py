@@ -1,15 +1,17 @@
-"""``ds.dp``: the common reductions and plots of an experiment dataset."""
+"""``ds.dp``: the common reductions and plots of an experiment dataset (registered by ``import diffprobe``).
+
+Ranking, metric selection and confidence intervals come from :mod:`diffprobe.ranking`, the one definition
+the CLI and the HTML report use too.
+"""
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
-from .errors import MetricError, did_you_mean
+from . import ranking
+from .metrics import lower_is_better
 
 __all__ = ["DiffprobeAccessor"]
-
-_LOWER_IS_BETTER = ("mse", "lev_", "cer", "wer")
 
 
 @xr.register_dataset_accessor("dp")
@@ -21,49 +23,36 @@ class DiffprobeAccessor:
 
     @property
     def group_dim(self) -> str:
-        return "site" if "site" in self._ds.dims else "n_sites"
+        return ranking.group_dim(self._ds) or "site"
 
     def metric(self, name: str) -> xr.DataArray:
-        ds = self._ds
-        if name not in ds.data_vars or self.group_dim not in ds[name].dims:
-            names = [v for v in ds.data_vars if self.group_dim in ds[v].dims and ds[v].dtype.kind == "f"]
-            raise MetricError(f"No metric {name!r} in this dataset.{did_you_mean(name, names)} Metrics: {', '.join(names)}.")
-        return ds[name]
+        return ranking.select_metric(self._ds, name)
 
-    def mean(self, name: str, over=("pair", "seed")) -> xr.DataArray:
+    def mean(self, name: str, over=ranking.POOLED) -> xr.DataArray:
         """Mean of a metric over the given dims (NaN cells, i.e. unfinished, are skipped)."""
         da = self.metric(name)
         return da.mean([d for d in over if d in da.dims], skipna=True)
 
-    def mean_ci(self, name: str, over=("pair", "seed"), ci: float = 0.95) -> xr.Dataset:
+    def mean_ci(self, name: str, over=ranking.POOLED, ci: float = 0.95) -> xr.Dataset:
         """Mean, half-width of a Student-t confidence interval, and n, per remaining cell."""
-        da = self.metric(name)
-        dims = [d for d in over if d in da.dims]
-        n = da.notnull().sum(dims)
-        mean = da.mean(dims, skipna=True)
-        sd = da.std(dims, skipna=True, ddof=1)
-        t = xr.apply_ufunc(lambda k: stats.t.ppf(0.5 + ci / 2, np.maximum(k - 1, 1)), n)
-        half = (t * sd / np.sqrt(n.where(n > 0))).where(n > 1)
-        return xr.Dataset({"mean": mean, "ci": half, "n": n})
+        return ranking.mean_ci(self.metric(name), over, ci)
 
     def best_sites(self, name: str = "ocr_f1_target", k: int = 5, t_start: int | None = None) -> xr.DataArray:
-        """The k sites with the best mean metric (per t_start when several; pick one with ``t_start``)."""
-        m = self.mean(name)
-        if "t_start" in m.dims:
-            m = m.sel(t_start=t_start) if t_start is not None else m.max("t_start")
-        lower = name.startswith(_LOWER_IS_BETTER)
-        order = np.argsort(m.values if lower else -m.values, kind="stable")
-        order = [i for i in order if not np.isnan(m.values[i])][:k]
-        return m.isel({self.group_dim: order})
+        """The k best sites by :func:`diffprobe.ranking.rank_sites` (each site's mean over pairs and seeds in its
+        best step window, or at ``t_start``), best first, as a DataArray along the site dim."""
+        ranked = ranking.rank_sites(self._ds, name, k, t_start)
+        group = self.group_dim
+        out = self._ds[group].isel({group: [s.position for s in ranked]})
+        scores = xr.DataArray([s.mean for s in ranked], dims=[group], coords=out.coords, name=name)
+        for dim in {d for s in ranked for d in s.best}:
+            scores.coords[f"best_{dim}"] = (group, [s.best.get(dim) for s in ranked])
+        return scores
 
     def localized(self, name: str = "ocr_f1_target", threshold: float = 0.5, t_start: int | None = None) -> list[str]:
-        """Labels of sites whose mean metric passes ``threshold`` (the localized set)."""
-        m = self.mean(name)
-        if "t_start" in m.dims:
-            m = m.sel(t_start=t_start) if t_start is not None else m.max("t_start")
-        keep = m <= threshold if name.startswith(_LOWER_IS_BETTER) else m >= threshold
-        label = "site_label" if "site_label" in m.coords else "sites_used"
-        return [str(v) for v in m[label].values[keep.values]]
+        """Labels of sites whose score passes ``threshold`` (at most it, for lower-is-better metrics)."""
+        lower = lower_is_better(name)
+        return [s.label for s in ranking.site_scores(self._ds, name, t_start)
+                if not np.isnan(s.mean) and (s.mean <= threshold if lower else s.mean >= threshold)]
 
     def set_f1(self, against: str = "target") -> xr.DataArray:
         """The paper's set-level F1: 2 mean(P) mean(R) / (mean(P) + mean(R)) over pairs and seeds."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffprobe import checks
 from diffprobe.errors import SpecError, did_you_mean
 
 __all__ = [
@@ -67,17 +68,9 @@ class PromptPair:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("source_prompt", "target_prompt"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise SpecError(f"PromptPair.{name} must be a non-empty string; got {value!r}.")
-        for name in ("source_text", "target_text"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise SpecError(f"PromptPair.{name} must be a string; got {type(value).__name__} {value!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise SpecError(f"PromptPair.seed must be an integer in [0, 2**63); got {self.seed!r}.")
-        object.__setattr__(self, "seed", int(self.seed))
+        for name in ("source_prompt", "target_prompt", "source_text", "target_text"):
+            checks.text(getattr(self, name), f"PromptPair.{name}", SpecError, allow_empty=name.endswith("text"))
+        object.__setattr__(self, "seed", checks.seed(self.seed, "PromptPair.seed", SpecError))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,16 +148,22 @@ def read_jsonl(path: str | os.PathLike) -> list[PromptPair]:
     if not path.is_file():
         raise SpecError(f"prompt file {str(path)!r} does not exist.")
     pairs = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(PromptPair.from_dict(json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise SpecError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
-            except SpecError as err:
-                raise SpecError(f"{path}:{lineno}: {err}") from None
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x}); save the file as UTF-8.") from None
+    except OSError as err:
+        raise SpecError(f"cannot read the prompt file {path}: {err.strerror or err}.") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            pairs.append(PromptPair.from_dict(json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise SpecError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        except SpecError as err:
+            raise SpecError(f"{path}:{lineno}: {err}") from None
     if not pairs:
         raise SpecError(f"prompt file {str(path)!r} holds no prompt pairs.")
     return pairs
@@ -226,9 +225,12 @@ def _with_seeds(pairs: list[PromptPair], seed: int) -> list[PromptPair]:
     return [dataclasses.replace(p, seed=seed + i) for i, p in enumerate(pairs)]
 
 
+MAX_PAIRS = 100_000
+
+
 def _check_n(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SpecError(f"a prompt set needs n >= 1 pairs; got n={n!r}.")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_PAIRS:
+        raise SpecError(f"a prompt set needs 1 <= n <= {MAX_PAIRS:,} pairs; got n={n!r}.", field="n")
 
 
 def _check_seed(seed: int) -> int:

@@ -31,9 +31,9 @@ def label_captures(result: EngineResult, plan: Plan) -> dict[str, xr.DataArray]:
     for sp in plan.sites:
         for op in sp.cap:
             if op.what == "kv":
-                heads[f"{op.name}:k"] = heads[f"{op.name}:v"] = sp.site.heads
+                heads.update(dict.fromkeys(op.outputs, sp.site.heads))
             elif op.what == "denoiser":
-                denoiser.add(op.name)
+                denoiser.update(op.outputs)
     out: dict[str, xr.DataArray] = {}
     for name, per_variant in result.captures.items():
         samples = sorted(per_variant)

@@ -29,12 +29,27 @@ app = typer.Typer(
 _state = {"verbose": False}
 
 
+#: the option a user types for each spec field (and argument) an error can be about
+OPTION_OF = {
+    "model": "--model", "pairs": "--pairs/--bench", "intervention": "--intervention", "sites": "--sites",
+    "grouping": "--grouping", "counts": "--counts", "t_starts": "--t-start", "heads": "--heads",
+    "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
+    "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
+    "threads": "--threads", "n": "--n", "config": "--config",
+}
+
+
 def _fail(exc: BaseException) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     if _state["verbose"]:
         raise exc
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    field = getattr(exc, "field", None)
+    where = _state.get("origin", {}).get(field, OPTION_OF.get(field)) if field else None
+    prefix = f"{where}: " if where else ""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(prefix + str(exc))}", markup=True, highlight=False,
+                               soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -75,7 +90,7 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
+def _ints(text: Optional[str], field: str) -> Optional[tuple[int, ...]]:
     from .errors import SpecError
 
     if text is None:
@@ -83,7 +98,20 @@ def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise SpecError(f"--{what} takes comma-separated integers such as 0,2,4; got {text!r}.") from None
+        raise SpecError(f"takes comma-separated integers such as 0,2,4; got {text!r}.", field=field) from None
+
+
+def _intervention(text: Optional[str]):
+    """A kind (inject, patch, ablate, scale) or a JSON intervention template such as '{"kind": "scale", "factor": 0}'."""
+    from .errors import SpecError
+
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"cannot read {text!r} as a JSON intervention template ({exc.msg}); write e.g. "
+                        '\'{"kind": "ablate", "mode": "empty"}\'.', field="intervention") from None
 
 
 @app.callback()
@@ -99,7 +127,7 @@ def layers(
     as_json: bool = typer.Option(False, "--json", help="Print JSON objects instead of a table."),
 ):
     """List the attention sites of MODEL in execution order.\n\nExample: diffprobe layers sdxl-base-1.0:meta --kind cross"""
-    from .zoo.loading import load
+    from .loading import load
 
     _quiet_libraries()
     probe = load(model)
@@ -127,7 +155,7 @@ def count(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Text K/V parameters of SITES, the denoiser's total, and the fraction (the paper's Table 1).\n\nExample: diffprobe count sdxl-base-1.0:meta --sites cross:55-57"""
-    from .zoo.loading import load
+    from .loading import load
 
     _quiet_libraries()
     out = load(model).count(sites)
@@ -170,13 +198,15 @@ def _pairs(pairs_file: Optional[Path], bench: Optional[str], n: int, seed: int, 
 
 
 def _spec_from_options(o: dict):
-    from .experiments import Experiment
+    from .spec import Experiment
 
+    fields = {k: v for k, v in o["overrides"].items() if v is not None}
+    # an error about a field names the option the user typed, or the --config file it came from
+    _state["origin"] = {k: OPTION_OF.get(k, k) for k in fields}
     if o["config"] is not None:
         spec = Experiment.from_toml(o["config"])
-        overrides = {k: v for k, v in o["overrides"].items() if v is not None}
-        return spec.replace(**overrides) if overrides else spec
-    fields = {k: v for k, v in o["overrides"].items() if v is not None}
+        _state["origin"] = {**{k: f"{k} (in --config {o['config']})" for k in spec.to_dict()}, **_state["origin"]}
+        return spec.replace(**fields) if fields else spec
     fields["pairs"] = tuple(_pairs(o["pairs"], o["bench"], o["n"], o["pair_seed"], fields.get("model", "glyph")))
     return Experiment(**fields)
 
@@ -186,7 +216,9 @@ def _spec_from_options(o: dict):
 def sweep(
     model: Optional[str] = typer.Option(None, help="Model (default: the embedded 'glyph' model)."),
     sites: Optional[str] = typer.Option(None, help="Sites to sweep, e.g. cross:all, joint:0-23 (default cross:all)."),
-    intervention: Optional[str] = typer.Option(None, help="inject | patch | ablate (default inject)."),
+    intervention: Optional[str] = typer.Option(
+        None, help='inject | patch | ablate | scale (default inject), or a JSON template such as '
+        '\'{"kind": "ablate", "mode": "empty"}\' or \'{"kind": "scale", "factor": 0}\'.'),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs."),
     bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph."),
     n: int = typer.Option(8, "--n", help="Number of pairs from --bench."),
@@ -216,15 +248,19 @@ def sweep(
 
       diffprobe sweep --model ./sd3 --intervention patch --sites joint:all --pairs pairs.jsonl
     """
-    _quiet_libraries()
+    from .results import check_out
+
     _set_threads(threads)
     overrides = dict(
-        model=model, sites=sites, intervention=intervention, steps=steps, t_starts=_ints(t_start, "t-start"),
-        seeds=_ints(seeds, "seeds"), heads=_ints(heads, "heads"), per_head=per_head or None,
+        model=model, sites=sites, intervention=_intervention(intervention), steps=steps,
+        t_starts=_ints(t_start, "t_starts"), seeds=_ints(seeds, "seeds"),
+        heads=_ints(heads, "heads"), per_head=per_head or None,
         metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=batch_size,
         grouping=grouping, counts=_ints(counts, "counts"),
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
+    check_out(out)  # before the model loads: a bad --out fails in milliseconds
+    _quiet_libraries()
     ds = _run_with_progress(spec, out, quiet)
     _write_outputs(ds, out)
 
@@ -234,14 +270,15 @@ def _run_with_progress(spec, out: Path, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .experiments import run
-    from .zoo.loading import load
+    from .loading import load
 
     console = Console(stderr=True, quiet=quiet)
     console.print(f"loading {spec.model} ...")
     probe = load(spec.model)
     if not quiet:  # the pipeline's own per-step bar, for long runs
         probe.pipeline.set_progress_bar_config(disable=False, leave=False, desc="denoising", unit="step")
-    console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {spec.intervention}, {spec.steps} steps -> {out}")
+    console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {json.dumps(spec.intervention)}, {spec.steps} steps "
+                  f"-> {out}", markup=False)
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet) as bar:
         task = bar.add_task("sweep", total=None)
@@ -263,27 +300,28 @@ def _write_outputs(ds, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .ranking import default_metric, rank_sites
     from .report import write_report
 
-    report = write_report(ds, out / "report.html", metric=_default_metric(ds))
-    _save_images(ds, out / "images")
+    metric = default_metric(ds)
+    try:
+        report = write_report(ds, out / "report.html", metric=metric)
+        _save_images(ds, out / "images")
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"[yellow]interrupted while writing the report:[/] the results are saved in {out / 'results.nc'}; "
+            f"`diffprobe report {out}` rebuilds the report.", highlight=False)
+        raise typer.Exit(130)
     console = Console()  # --quiet silences progress, not the summary
-    console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}")
-    if "site" in ds.dims and "ocr_f1_target" in ds:
-        best = ds.dp.best_sites("ocr_f1_target", k=5)
-        table = Table(title="top sites by OCR F1 to the target text")
-        for col in ("site", "name", "ocr_f1_target"):
+    console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}", markup=False)
+    if "site" in ds.dims:
+        table = Table(title=f"top sites by {metric} (the report's ranking)")
+        for col in ("site", "name", metric, "best cell"):
             table.add_column(col)
-        for i in range(best.sizes["site"]):
-            table.add_row(str(best.site_label.values[i]), str(best.site_name.values[i]), f"{float(best.values[i]):.3f}")
+        for s in rank_sites(ds, metric, k=5):
+            cell = ", ".join(f"{k} {v}" for k, v in s.best.items())
+            table.add_row(s.label, s.name, f"{s.mean:.3f}", cell)
         console.print(table)
-
-
-def _default_metric(ds) -> str:
-    """OCR F1 to the target text when the sweep computed it, else the spec's first metric."""
-    if "ocr_f1_target" in ds:
-        return "ocr_f1_target"
-    return json.loads(ds.attrs["spec"])["metrics"][0]
 
 
 def _save_images(ds, folder: Path) -> None:
@@ -305,12 +343,13 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Report path (default FOLDER/report.html)."),
 ):
     """(Re)build the HTML report from a saved dataset.\n\nExample: diffprobe report runs/glyph"""
+    from .ranking import default_metric
     from .report import write_report
     from .results import open_results
 
     ds = open_results(folder)
     target = out or ((folder if folder.is_dir() else folder.parent) / "report.html")
-    typer.echo(str(write_report(ds, target, metric=metric or _default_metric(ds))))
+    typer.echo(str(write_report(ds, target, metric=metric or default_metric(ds))))
 
 
 @app.command()
@@ -329,8 +368,19 @@ def demo(
     run_demo(out, n=n, quiet=quiet)
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    """The console entry point: exit 0 on success, 2 on a refused input, 130 on Ctrl-C (never a traceback)."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.stderr.write("\ninterrupted; nothing was lost (a sweep keeps its finished batches: rerun to resume).\n")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _probe_and_pairs(n: int, console: Console):
     from .bench import simple_bench
     from .errors import ModelLoadError
     from .glyph_bench import glyph_pairs
-    from .zoo.loading import load
+    from .loading import load
 
     try:
         return load("glyph"), glyph_pairs(n, seed=0), "glyph", 25

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .plan import CapOp, KvOp, OutOp, Plan, SitePlan
+from .errors import InterventionError
+from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
 
 __all__ = ["run_plan", "EngineResult"]
 
@@ -43,13 +44,21 @@ def _resolve(envoy, path: str):
     return envoy
 
 
-def _offsets(rows_in_tensor: int, n_rows: int) -> dict[str, int] | None:
-    """Where each CFG half starts in a tensor of ``rows_in_tensor`` rows ([uncond..., cond...])."""
+def _offsets(rows_in_tensor: int, n_rows: int, where: str) -> dict[str, int]:
+    """Where each CFG half starts in a tensor of ``rows_in_tensor`` rows ([uncond..., cond...]).
+
+    Any other row count means the pipeline batches differently from what the plan assumes (e.g. a
+    pipeline that repeats images per prompt); editing by row index would then hit the wrong images, so
+    every edit and capture path refuses it."""
     if rows_in_tensor == 2 * n_rows:
         return {"uncond": 0, "cond": n_rows}
     if rows_in_tensor == n_rows:
         return {"cond": 0}
-    return None
+    raise InterventionError(
+        f"unexpected batch of {rows_in_tensor} rows at {where} for a plan of {n_rows} rows (expected {n_rows} "
+        f"or {2 * n_rows} with classifier-free guidance); diffprobe supports one image per prompt "
+        "(num_images_per_prompt=1)."
+    )
 
 
 def _write(new: torch.Tensor, dst: int, value: torch.Tensor, heads, n_heads: int, tokens: int | None) -> None:
@@ -64,9 +73,7 @@ def _write(new: torch.Tensor, dst: int, value: torch.Tensor, heads, n_heads: int
 
 
 def _edit_kv(x: torch.Tensor, ops: Sequence[KvOp], j: int, plan: Plan, site, text_len, injected) -> torch.Tensor:
-    offs = _offsets(x.shape[0], len(plan.rows))
-    if offs is None:
-        raise RuntimeError(f"unexpected batch of {x.shape[0]} rows at {site.name} for {len(plan.rows)} rows")
+    offs = _offsets(x.shape[0], len(plan.rows), site.name)
     new = x.clone()
     tokens = text_len if site.text_prefix else None
     for op in ops:
@@ -74,22 +81,19 @@ def _edit_kv(x: torch.Tensor, ops: Sequence[KvOp], j: int, plan: Plan, site, tex
             if half not in offs:
                 continue  # no CFG in this run: the uncond half does not exist
             dst = offs[half] + op.row
-            kind = op.source[0]
-            if kind == "row":
-                value = x[offs[half] + op.source[1]]
-            elif kind == "zero":
-                value = torch.zeros_like(x[dst])
+            if isinstance(op.source, FromRow):
+                value = x[offs[half] + op.source.row]
+            elif isinstance(op.source, FromTensor):
+                value = injected[(op.source.key, site.name)][half][j].to(device=x.device, dtype=x.dtype)
             else:
-                value = injected[(op.source[1], site.name)][half][j].to(x.dtype)
+                value = torch.zeros_like(x[dst])
             _write(new, dst, value, op.heads, site.heads, tokens)
     return new
 
 
-def _scale_rows(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int) -> torch.Tensor:
+def _scale_rows(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int, where: str) -> torch.Tensor:
     """Scale whole rows, or (ops with heads) those heads' channel groups of a heads-concatenated tensor."""
-    offs = _offsets(t.shape[0], n_rows)
-    if offs is None:
-        return t
+    offs = _offsets(t.shape[0], n_rows, where)
     new = t.clone()
     for op in ops:
         for half in op.halves:
@@ -103,22 +107,21 @@ def _scale_rows(t: torch.Tensor, ops: Sequence[OutOp], n_rows: int, n_heads: int
     return new
 
 
-def _edit_output(out, ops: Sequence[OutOp], n_rows: int, n_heads: int):
+def _edit_output(out, ops: Sequence[OutOp], n_rows: int, n_heads: int, where: str):
     """Scale the image-stream output (the first element when the module returns a tuple)."""
     if isinstance(out, torch.Tensor):
-        return _scale_rows(out, ops, n_rows, n_heads)
-    return type(out)([_scale_rows(out[0], ops, n_rows, n_heads), *out[1:]])
+        return _scale_rows(out, ops, n_rows, n_heads, where)
+    return type(out)([_scale_rows(out[0], ops, n_rows, n_heads, where), *out[1:]])
 
 
-def _record(store, ops: Sequence[CapOp], value, n_rows: int) -> None:
+def _record(store, ops: Sequence[CapOp], value, n_rows: int, where: str, part: int = 0) -> None:
+    """Save each op's row of ``value``; ``part`` picks the op's output name (0: keys or the output, 1: values)."""
     if not isinstance(value, torch.Tensor):
         value = value[0]
-    offs = _offsets(value.shape[0], n_rows)
-    if offs is None:
-        return
+    offs = _offsets(value.shape[0], n_rows, where)
     for op in ops:
         if op.half in offs:
-            store[op.name][op.variant].append(value[offs[op.half] + op.row].detach().clone())
+            store[op.outputs[part]][op.variant].append(value[offs[op.half] + op.row].detach().clone())
 
 
 def precompute_injections(probe, plan: Plan) -> dict:
@@ -135,10 +138,10 @@ def precompute_injections(probe, plan: Plan) -> dict:
     with torch.no_grad():
         for sp in plan.sites:
             for op in sp.kv:
-                if op.source[0] != "tensor" or (op.source[1], sp.site.name) in out:
+                if not isinstance(op.source, FromTensor) or (op.source.key, sp.site.name) in out:
                     continue
-                cond, uncond = states[op.source[1]]
-                out[(op.source[1], sp.site.name)] = {
+                cond, uncond = states[op.source.key]
+                out[(op.source.key, sp.site.name)] = {
                     "cond": [t[0] for t in adapter.site_kv(denoiser, sp.site, cond[None])],
                     "uncond": [t[0] for t in adapter.site_kv(denoiser, sp.site, uncond[None])],
                 }
@@ -151,7 +154,7 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
         if sp.site is None:
             ops = sp.cap_at(step, "denoiser")
             if ops:
-                _record(store, ops, denoiser_env.output, n)
+                _record(store, ops, denoiser_env.output, n, "the denoiser output")
             continue
         kv_ops, out_ops = sp.kv_at(step), sp.out_at(step)
         kv_caps, out_caps = sp.cap_at(step, "kv"), sp.cap_at(step, "output")
@@ -166,23 +169,23 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
                     value = _edit_kv(value, kv_ops, j, plan, sp.site, text_len, injected)
                     env.output = value
                 if kv_caps:
-                    _record(store, [replace(c, name=f"{c.name}:{'kv'[j]}") for c in kv_caps], value, n)
+                    _record(store, kv_caps, value, n, sp.site.name, part=j)
         head_ops = [op for op in out_ops if op.heads is not None]
         if head_ops:
             # a head's contribution is its slice of the input of the output projection
             if sp.site.name in projected:
                 proj = attn.to_out[0]
-                proj.input = _scale_rows(proj.input, head_ops, n, sp.site.heads)
+                proj.input = _scale_rows(proj.input, head_ops, n, sp.site.heads, sp.site.name)
             else:  # no output projection (FLUX single-stream): the output is still per head
-                attn.output = _edit_output(attn.output, head_ops, n, sp.site.heads)
+                attn.output = _edit_output(attn.output, head_ops, n, sp.site.heads, sp.site.name)
         whole_ops = [op for op in out_ops if op.heads is None]
         if whole_ops or out_caps:
             value = attn.output
             if whole_ops:
-                value = _edit_output(value, whole_ops, n, sp.site.heads)
+                value = _edit_output(value, whole_ops, n, sp.site.heads, sp.site.name)
                 attn.output = value
             if out_caps:
-                _record(store, out_caps, value, n)
+                _record(store, out_caps, value, n, sp.site.name)
 
 
 def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, width: int | None) -> EngineResult:
@@ -220,9 +223,5 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     images = np.asarray(output.images)[: plan.n_variants]
     images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
     captures = {name: {v: torch.stack(ts) for v, ts in per.items()} for name, per in store.items()}
-    cap_steps = {}
-    for sp in plan.sites:
-        for op in sp.cap:
-            for name in ((f"{op.name}:k", f"{op.name}:v") if op.what == "kv" else (op.name,)):
-                cap_steps[name] = op.steps
+    cap_steps = {name: op.steps for sp in plan.sites for op in sp.cap for name in op.outputs}
     return EngineResult(images=images, captures=captures, capture_steps=cap_steps)

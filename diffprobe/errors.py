@@ -23,7 +23,14 @@ __all__ = [
 
 
 class DiffprobeError(Exception):
-    """Base class of every error diffprobe raises on purpose."""
+    """Base class of every error diffprobe raises on purpose.
+
+    ``field`` names the spec field or argument the error is about (``"heads"``, ``"t_starts"``), when one
+    is; the CLI turns it into the option the user typed (``--heads``, ``--t-start``)."""
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class SiteError(DiffprobeError, KeyError):

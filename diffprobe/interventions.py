@@ -19,11 +19,13 @@ Steps follow the paper's ``t_s``: ``steps="4:"`` (or ``range(4, N)``) patches lo
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
-from .errors import InterventionError
+from . import checks
+from .errors import InterventionError, did_you_mean
 
 __all__ = [
     "Intervention",
@@ -34,6 +36,8 @@ __all__ = [
     "Capture",
     "resolve_steps",
     "CFG_POLICIES",
+    "KINDS",
+    "from_dict",
 ]
 
 CFG_POLICIES = ("both", "cond", "uncond")
@@ -62,20 +66,35 @@ class Intervention:
     cfg: Literal["both", "cond", "uncond"] = field(default="both", kw_only=True)
 
     def __post_init__(self):
+        owner = type(self).__name__
+        _check_sites(self.sites, owner)
+        _check_steps(self.steps, owner)
         object.__setattr__(self, "sites", _freeze(self.sites))
-        object.__setattr__(self, "heads", _freeze(self.heads))
         object.__setattr__(self, "steps", _freeze(self.steps))
-        if self.cfg not in CFG_POLICIES:
-            raise InterventionError(f"cfg={self.cfg!r} is not a CFG policy; choose one of {CFG_POLICIES}.")
+        if not isinstance(self.cfg, str) or self.cfg not in CFG_POLICIES:
+            raise InterventionError(f"{owner}: cfg={self.cfg!r} is not a CFG policy; choose one of {CFG_POLICIES}.")
         if self.heads is not None:
-            if len(self.heads) == 0:
-                raise InterventionError("heads=() selects no head; pass None for all heads or a list of indices.")
-            if any((not isinstance(h, int)) or h < 0 for h in self.heads):
-                raise InterventionError(f"heads={self.heads!r} must be non-negative integers.")
+            heads = checks.int_list(self.heads, f"{owner}: heads", InterventionError, lo=0)
+            object.__setattr__(self, "heads", heads)
         if isinstance(self.sites, tuple) and len(self.sites) == 0:
             raise InterventionError(
-                f"{type(self).__name__} has an empty site list; name at least one site, e.g. sites='cross:0'."
+                f"{owner} has an empty site list; name at least one site, e.g. sites='cross:0'."
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": "patch", "source": ..., "sites": ..., ...}``: JSON/TOML-ready; :func:`from_dict` reads it back.
+        Site objects are written as their labels; a ``range`` of steps as a list."""
+        out: dict[str, Any] = {"kind": type(self).__name__.lower()}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, range):
+                value = list(value)
+            elif isinstance(value, tuple):
+                value = [getattr(v, "label", v) for v in value]
+            elif hasattr(value, "label"):
+                value = value.label
+            out[f.name] = value
+        return out
 
     @property
     def edits_kv(self) -> bool:
@@ -94,12 +113,16 @@ class Patch(Intervention):
     FLUX single-stream (the text-token prefix of ``to_k``/``to_v``).
     """
 
-    source: str = ""
+    source: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.source, str):
-            raise InterventionError(f"Patch.source must be a prompt string, got {type(self.source).__name__}.")
+        if self.source is None:
+            raise InterventionError(
+                "Patch needs source=<prompt>: the prompt whose run the sites read their K/V from "
+                "(for the empty prompt, say source='' explicitly)."
+            )
+        checks.text(self.source, "Patch.source", InterventionError)
 
     @property
     def edits_kv(self) -> bool:
@@ -118,8 +141,19 @@ class Inject(Intervention):
     (use :class:`Patch`).
     """
 
-    prompt: str = ""
+    prompt: str | None = None
     negative_prompt: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prompt is None:
+            raise InterventionError(
+                "Inject needs prompt=<prompt>: the prompt whose embeddings the sites' K/V are computed from "
+                "(for the empty prompt, say prompt='' explicitly, or use Ablate(mode='empty'))."
+            )
+        checks.text(self.prompt, "Inject.prompt", InterventionError)
+        if self.negative_prompt is not None:
+            checks.text(self.negative_prompt, "Inject.negative_prompt", InterventionError)
 
     @property
     def edits_kv(self) -> bool:
@@ -144,7 +178,10 @@ class Ablate(Intervention):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if isinstance(self.prompts, str) or not isinstance(self.prompts, Sequence):
+            raise InterventionError(f"Ablate.prompts must be a list of prompts; got {type(self.prompts).__name__}.")
+        object.__setattr__(self, "prompts", tuple(checks.text(p, "Ablate.prompts entry", InterventionError)
+                                                  for p in self.prompts))
         if self.mode not in ("zero", "mean", "empty"):
             raise InterventionError(f"Ablate mode={self.mode!r} unknown; choose 'zero', 'mean' or 'empty'.")
         if self.target not in ("kv", "output"):
@@ -173,6 +210,10 @@ class Scale(Intervention):
 
     factor: float = 1.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "factor", checks.number(self.factor, "Scale.factor", InterventionError))
+
     def describe(self) -> str:
         return f"Scale({self.factor})"
 
@@ -193,10 +234,64 @@ class Capture(Intervention):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.name is not None:
+            checks.text(self.name, "Capture.name", InterventionError, allow_empty=False)
         if self.what not in ("output", "kv"):
             raise InterventionError(f"Capture what={self.what!r} unknown; choose 'output' or 'kv'.")
         if self.cfg == "both":
             object.__setattr__(self, "cfg", "cond")
+
+
+def _check_sites(sites, owner: str) -> None:
+    from .sites import Site, SiteCatalogue
+
+    if isinstance(sites, (str, Site, SiteCatalogue)):
+        if isinstance(sites, str):
+            checks.text(sites, f"{owner}: sites", InterventionError, allow_empty=False)
+        return
+    if not isinstance(sites, Sequence) or not all(isinstance(s, (str, Site)) for s in sites):
+        raise InterventionError(
+            f"{owner}: cannot read sites={sites!r}; pass a string such as 'cross:3', a list of labels, or Site objects."
+        )
+
+
+def _check_steps(steps, owner: str) -> None:
+    if steps is None or isinstance(steps, range):
+        return
+    if isinstance(steps, str):
+        checks.text(steps, f"{owner}: steps", InterventionError)
+        return
+    if isinstance(steps, bool) or not isinstance(steps, (int, Sequence)) or (
+        isinstance(steps, Sequence) and any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+    ):
+        raise InterventionError(
+            f"{owner}: cannot read steps={steps!r}; write '4:' (from 4 on), '2:5', an integer, or a list of integers."
+        )
+
+
+#: every intervention by its ``kind`` (the lower-cased class name), for specs and :func:`from_dict`
+KINDS: dict[str, type[Intervention]] = {}
+
+
+def from_dict(data: dict[str, Any]) -> Intervention:
+    """The intervention a :meth:`Intervention.to_dict` mapping describes; errors name the valid kinds and fields."""
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        raise InterventionError(
+            f"an intervention mapping needs a 'kind' ({', '.join(KINDS)}), e.g. {{'kind': 'inject', 'prompt': ...}}; "
+            f"got {data!r}."
+        )
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise InterventionError(f"intervention kind {kind!r} unknown; choose one of {', '.join(KINDS)}."
+                                + did_you_mean(kind, KINDS))
+    cls = KINDS[kind]
+    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    for key in fields:
+        if key not in names:
+            raise InterventionError(f"{cls.__name__} has no field {key!r}.{did_you_mean(key, names)} "
+                                    f"Fields: {', '.join(names)}.")
+    return cls(**fields)
 
 
 def resolve_steps(steps: StepSpec, n_steps: int, owner: str = "intervention") -> tuple[int, ...]:
@@ -215,11 +310,11 @@ def resolve_steps(steps: StepSpec, n_steps: int, owner: str = "intervention") ->
                 hi = lo + 1
         except ValueError:
             raise InterventionError(
-                f"{owner}: cannot read steps={steps!r}; write '4:' (from 4 on), '2:5', '3' or a list."
+                f"{owner}: cannot read steps={steps!r}; write '4:' (from 4 on), '2:5', '3' or a list.", field="steps"
             ) from None
         if hi <= lo and 0 <= lo < n_steps:
             raise InterventionError(
-                f"{owner}: step window {steps!r} is empty; valid steps are 0-{n_steps - 1}."
+                f"{owner}: step window {steps!r} is empty; valid steps are 0-{n_steps - 1}.", field="steps"
             )
         idx = list(range(lo, hi)) or [lo]  # a start outside [0, N) is reported below
     elif isinstance(steps, int):
@@ -227,11 +322,14 @@ def resolve_steps(steps: StepSpec, n_steps: int, owner: str = "intervention") ->
     else:
         idx = list(steps)
     if not idx:
-        raise InterventionError(f"{owner}: the step window is empty; valid steps are 0-{n_steps - 1}.")
+        raise InterventionError(f"{owner}: the step window is empty; valid steps are 0-{n_steps - 1}.", field="steps")
     bad = [i for i in idx if not (isinstance(i, int) and 0 <= i < n_steps)]
     if bad:
         raise InterventionError(
             f"{owner}: step {bad[0]} is outside the run's denoising loop [0, {n_steps}); "
-            f"valid steps are 0-{n_steps - 1} (e.g. steps='{min(2, n_steps - 1)}:' for t_s={min(2, n_steps - 1)})."
+            f"valid steps are 0-{n_steps - 1} (e.g. steps='{min(2, n_steps - 1)}:' for t_s={min(2, n_steps - 1)}).", field="steps"
         )
     return tuple(sorted(set(idx)))
+
+
+KINDS.update((cls.__name__.lower(), cls) for cls in (Patch, Inject, Ablate, Scale, Capture))

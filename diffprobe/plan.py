@@ -11,12 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Union
 
+from . import checks
 from .errors import InterventionError
 from .interventions import Ablate, Capture, Inject, Intervention, Patch, Scale, resolve_steps
 from .sites import Site, SiteCatalogue
 
-__all__ = ["Variant", "Row", "KvOp", "OutOp", "CapOp", "SitePlan", "Plan", "make_plan"]
+__all__ = ["Variant", "interventions_tuple", "Row", "FromRow", "FromTensor", "Zeros", "KvOp", "capture_name", "OutOp", "CapOp", "SitePlan", "Plan", "make_plan"]
+
+
+def interventions_tuple(interventions) -> tuple[Intervention, ...]:
+    """A list of interventions as a tuple; a single intervention or a non-intervention entry is refused."""
+    if isinstance(interventions, Intervention):
+        raise InterventionError(
+            f"interventions must be a list; got a single {interventions.describe()}: write [{type(interventions).__name__}(...)]."
+        )
+    if isinstance(interventions, (str, bytes)) or not isinstance(interventions, Sequence):
+        raise InterventionError(f"interventions must be a list of Patch/Inject/Ablate/Scale/Capture; got "
+                                f"{type(interventions).__name__} {interventions!r}.")
+    for i, iv in enumerate(interventions):
+        if not isinstance(iv, Intervention):
+            raise InterventionError(
+                f"interventions[{i}] is a {type(iv).__name__} ({iv!r}), not an intervention; build one, e.g. "
+                "Inject(prompt=..., sites='cross:3')."
+            )
+    return tuple(interventions)
 
 
 @dataclass(frozen=True)
@@ -29,9 +49,10 @@ class Variant:
     negative_prompt: str = ""
 
     def __post_init__(self):
-        object.__setattr__(self, "interventions", tuple(self.interventions))
-        if not isinstance(self.prompt, str):
-            raise InterventionError(f"Variant prompt must be a string, got {type(self.prompt).__name__}.")
+        checks.text(self.prompt, "the prompt", InterventionError)
+        checks.text(self.negative_prompt, "negative_prompt", InterventionError)
+        object.__setattr__(self, "seed", checks.seed(self.seed, "seed", InterventionError))
+        object.__setattr__(self, "interventions", interventions_tuple(self.interventions))
 
     @property
     def clean(self) -> bool:
@@ -46,17 +67,36 @@ class Row:
 
 
 @dataclass(frozen=True)
-class KvOp:
-    """Replace the text K/V of ``row`` (in ``halves``) at ``steps``.
+class FromRow:
+    """K/V copied from another row of the same batch at the same site and step (Patch)."""
 
-    ``source`` is ("row", r) to copy row r, ("tensor", key) for a precomputed K/V, or ("zero",).
-    """
+    row: int
+
+
+@dataclass(frozen=True)
+class FromTensor:
+    """K/V precomputed from prompt embeddings before the run (Inject, Ablate mean/empty); ``key`` names them."""
+
+    key: tuple
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """All-zero K/V (Ablate zero)."""
+
+
+KvSource = Union[FromRow, FromTensor, Zeros]
+
+
+@dataclass(frozen=True)
+class KvOp:
+    """Replace the text K/V of ``row`` (in ``halves``) at ``steps`` with ``source``'s."""
 
     row: int
     steps: frozenset[int]
     halves: tuple[str, ...]
     heads: tuple[int, ...] | None
-    source: tuple
+    source: KvSource
 
 
 @dataclass(frozen=True)
@@ -70,12 +110,29 @@ class OutOp:
 
 @dataclass(frozen=True)
 class CapOp:
+    """Record ``what`` ("output", "kv" or "denoiser") of ``row`` at ``steps`` under ``name``."""
+
     row: int
     variant: int
     steps: tuple[int, ...]
     half: str
     what: str
     name: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The names the captured arrays get: ``<name>:k`` and ``<name>:v`` for K/V, else ``<name>``."""
+        return (f"{self.name}:k", f"{self.name}:v") if self.what == "kv" else (self.name,)
+
+
+def capture_name(iv: Capture, site: Site | None, n_sites: int) -> str:
+    """The one place capture names are made: ``output:cross:3``, ``kv:joint:1``, ``denoiser`` or the user's
+    ``name`` (suffixed with the site label when the capture spans several sites)."""
+    if site is None:
+        return iv.name or "denoiser"
+    if iv.name is None:
+        return f"{iv.what}:{site.label}"
+    return f"{iv.name}:{site.label}" if n_sites > 1 else iv.name
 
 
 @dataclass
@@ -147,7 +204,7 @@ def _check_heads(iv: Intervention, site: Site, owner: str) -> None:
     if bad:
         raise InterventionError(
             f"{owner}: head {bad[0]} is out of range at {site.label} ({site.name}), which has "
-            f"{site.heads} heads: valid heads are 0-{site.heads - 1}."
+            f"{site.heads} heads: valid heads are 0-{site.heads - 1}.", field="heads"
         )
 
 
@@ -199,7 +256,7 @@ def make_plan(
             steps = frozenset(resolve_steps(iv.steps, n_steps, owner))
             if isinstance(iv, Capture) and iv.sites == "denoiser":
                 denoiser_plan.cap.append(
-                    CapOp(vi, vi, tuple(sorted(steps)), iv.cfg, "denoiser", iv.name or "denoiser")
+                    CapOp(vi, vi, tuple(sorted(steps)), iv.cfg, "denoiser", capture_name(iv, None, 0))
                 )
                 continue
             sites = _select(catalogue, iv.sites, owner)
@@ -218,9 +275,7 @@ def make_plan(
                         raise InterventionError(
                             f"{owner}: {site.label} carries no text K/V to capture; use what='output'."
                         )
-                    name = iv.name or f"{iv.what}:{site.label}"
-                    if iv.name and len(sites) > 1:
-                        name = f"{iv.name}:{site.label}"
+                    name = capture_name(iv, site, len(sites))
                     plan.cap.append(CapOp(vi, vi, tuple(sorted(steps)), iv.cfg, iv.what, name))
                 else:  # pragma: no cover - every intervention type is handled above
                     raise InterventionError(f"{owner}: unknown intervention type {type(iv).__name__}.")
@@ -232,21 +287,22 @@ def make_plan(
     return Plan(rows, len(variants), n_steps, site_plans, injections)
 
 
-def _kv_source(iv: Intervention, v: Variant, clean_row, injections: dict) -> tuple:
+def _kv_source(iv: Intervention, v: Variant, clean_row, injections: dict) -> KvSource:
     if isinstance(iv, Patch):
-        return ("row", clean_row(iv.source, v))
+        return FromRow(clean_row(iv.source, v))
     if isinstance(iv, Inject):
         neg = v.negative_prompt if iv.negative_prompt is None else iv.negative_prompt
         key = ("inject", iv.prompt, neg)
         injections[key] = (iv.prompt, neg, ())
-        return ("tensor", key)
-    assert isinstance(iv, Ablate)
+        return FromTensor(key)
+    if not isinstance(iv, Ablate):
+        raise InterventionError(f"{iv.describe()} does not edit K/V.")
     if iv.mode == "zero":
-        return ("zero",)
+        return Zeros()
     if iv.mode == "empty":
         key = ("inject", "", v.negative_prompt)
         injections[key] = ("", v.negative_prompt, ())
-        return ("tensor", key)
+        return FromTensor(key)
     key = ("mean", iv.prompts, v.negative_prompt)
     injections[key] = ("", v.negative_prompt, tuple(iv.prompts))
-    return ("tensor", key)
+    return FromTensor(key)

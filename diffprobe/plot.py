@@ -7,8 +7,8 @@ from that step on. Localization reads that grid three ways, one function each:
 - :func:`heatmap` averages the metric over the dims you are not looking at and shows it by site x t_start (which
   layers carry the text, and until which step patching them still works) or by site x pair (is it the same layers
   for every prompt).
-- :func:`site_bars` shows one bar per site, the mean over everything else, with a confidence interval, so a
-  single lucky prompt does not pass for a localized site.
+- :func:`site_bars` shows one bar per site, its score (:mod:`diffprobe.ranking`: the mean over pairs and seeds
+  in its best step window) with a confidence interval, so a single lucky prompt does not pass for a localized site.
 - :func:`tradeoff` reads a layer-count sweep (inject into 1, 2, 3, ... layers): text alignment against image
   alignment, one point per layer count, the price in image fidelity of making the text appear.
 
@@ -25,33 +25,13 @@ from html import escape
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
-from scipy import stats
 
-from diffprobe.errors import MetricError, did_you_mean
+from diffprobe.errors import MetricError
+from diffprobe.ranking import metric_names, select_metric, site_scores, t_interval
 
 __all__ = ["heatmap", "site_bars", "tradeoff", "metric_names", "select_metric", "site_labels"]
 
 IMAGE_DIMS = ("y", "x", "rgb")
-
-
-def metric_names(ds: xr.Dataset) -> list[str]:
-    """The float data variables of ``ds`` that are metrics (not images, not flags, not text)."""
-    return sorted(
-        str(name)
-        for name, var in ds.data_vars.items()
-        if var.dtype.kind == "f" and not set(IMAGE_DIMS) & set(var.dims)
-    )
-
-
-def select_metric(ds: xr.Dataset, metric: str) -> xr.DataArray:
-    """``ds[metric]``, or a :class:`MetricError` with "did you mean" and the dataset's metrics."""
-    names = metric_names(ds)
-    if metric not in names:
-        raise MetricError(
-            f"unknown metric {metric!r}.{did_you_mean(metric, names)} "
-            f"The dataset's metrics are: {', '.join(names) or '(none)'}."
-        )
-    return ds[metric]
 
 
 def site_labels(ds: xr.Dataset) -> list[str]:
@@ -142,29 +122,24 @@ def heatmap(
     return fig
 
 
-def _t_interval(da: xr.DataArray, dims: list[str], ci: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, half-width of the two-sided Student-t interval, and n, over ``dims`` (NaN skipped)."""
-    mean = da.mean(dims, skipna=True).values
-    n = da.notnull().sum(dims).values
-    sd = da.std(dims, ddof=1, skipna=True).values if da.size else np.full(mean.shape, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.5 + ci / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
-    return mean, np.where(n >= 2, half, np.nan), n
-
-
 def site_bars(ds: xr.Dataset, metric: str = "ocr_f1_target", ci: float = 0.95) -> go.Figure:
-    """One bar per site: ``metric``'s mean over every other dim, with a Student-t confidence interval.
+    """One bar per site: its score (:mod:`diffprobe.ranking`: the mean over pairs and seeds in the site's best
+    step window), with a Student-t confidence interval over those cells.
 
-    The interval is ``mean ± t_{(1+ci)/2, n-1} · sd / sqrt(n)`` (scipy's t quantile), taking each finished cell
-    (pair x t_start x seed [x head]) as one observation. Cells of the same prompt pair are correlated, so read it
-    as a lower bound on the uncertainty; select one t_start first (``ds.sel(t_start=0)``) to compare like with like.
-    Sites with fewer than two finished cells get no error bar.
+    The interval is ``mean ± t_{(1+ci)/2, n-1} · sd / sqrt(n)`` (scipy's t quantile), taking each finished
+    (pair, seed) cell as one observation. Sites with fewer than two finished cells get no error bar.
     """
     if not 0 < ci < 1:
         raise MetricError(f"ci must be between 0 and 1 (e.g. 0.95), not {ci!r}.")
     da = select_metric(ds, metric)
-    dims = _reduce_dims(da, ("site",), None)
-    mean, half, n = _t_interval(da, dims, ci)
+    _reduce_dims(da, ("site",), None)
+    scores = site_scores(ds, metric)
+    at_best = [da.isel(site=s.position).sel(s.best) for s in scores]
+    mean = np.array([s.mean for s in scores])
+    n = np.array([s.n for s in scores])
+    sd = np.array([float(v.std(skipna=True, ddof=1)) if s.n > 1 else np.nan for v, s in zip(at_best, scores)])
+    half = t_interval(n, sd, ci)
+    dims = [d for d in da.dims if d not in ("site", "pair", "seed")]
     hover = [_describe(ds, "site", i) for i in range(da.sizes["site"])]
     fig = go.Figure(
         go.Bar(
@@ -179,7 +154,8 @@ def site_bars(ds: xr.Dataset, metric: str = "ocr_f1_target", ci: float = 0.95) -
         )
     )
     fig.update_layout(
-        title=f"{metric} by site: mean over {', '.join(dims)}, {ci:.0%} t-interval",
+        title=f"{metric} by site: mean over pair, seed" + (f" at each site's best {', '.join(dims)}" if dims else "")
+        + f", {ci:.0%} t-interval",
         xaxis={"title": metric},
         yaxis={"title": "site", "autorange": "reversed", "automargin": True, "type": "category"},
         height=max(320, 60 + 26 * da.sizes["site"]),

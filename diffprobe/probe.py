@@ -1,6 +1,7 @@
 """The Probe: one loaded pipeline, its site catalogue, and the way to run interventions on it."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 from .architectures import Adapter, adapter_for
 from .errors import DiffprobeError, InterventionError
 from .interventions import Intervention
-from .plan import Variant, make_plan
+from . import checks
+from .plan import Variant, interventions_tuple, make_plan
 from .sites import SiteCatalogue
 
 __all__ = ["Probe", "Generation"]
@@ -128,9 +130,19 @@ class Probe:
         from .engine import run_plan
 
         self._require_weights()
+        if isinstance(variants, Variant) or not isinstance(variants, Sequence) or isinstance(variants, str):
+            raise InterventionError(f"run takes a list of Variant objects; got {type(variants).__name__}.")
+        bad = [v for v in variants if not isinstance(v, Variant)]
+        if bad:
+            raise InterventionError(f"run takes Variant objects; got a {type(bad[0]).__name__} ({bad[0]!r}).")
         guidance = self.defaults.get("guidance") if guidance is None else guidance
         height = self.defaults.get("height") if height is None else height
         width = self.defaults.get("width") if width is None else width
+        if guidance is not None:
+            guidance = checks.number(guidance, "guidance", InterventionError, lo=0.0)
+        height = None if height is None else checks.integer(height, "height", InterventionError, lo=8)
+        width = None if width is None else checks.integer(width, "width", InterventionError, lo=8)
+        steps = checks.integer(steps, "steps", InterventionError, lo=1)
         plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
         result = run_plan(self, plan, guidance=guidance, height=height, width=width)
         return Generation(images=result.images, captures=label_captures(result, plan))
@@ -155,7 +167,12 @@ class Probe:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+        if not isinstance(prompts, Sequence) or not prompts:
+            raise InterventionError(f"prompts must be a string or a non-empty list of strings; got {prompts!r}.")
+        interventions = interventions_tuple(interventions)
+        if isinstance(seed, (str, bytes)) or not isinstance(seed, (numbers.Integral, Sequence)):
+            raise InterventionError(f"seed must be an integer or a list of integers; got {type(seed).__name__} {seed!r}.")
+        seeds = [seed] * len(prompts) if isinstance(seed, numbers.Integral) else list(seed)
         if len(seeds) != len(prompts):
             raise InterventionError(f"{len(seeds)} seeds for {len(prompts)} prompts; pass one seed or one per prompt.")
         variants = [Variant(p, tuple(interventions), s, negative_prompt) for p, s in zip(prompts, seeds)]

@@ -1,4 +1,4 @@
-"""Results: the dataset layout, the resumable store, and the ``ds.dp`` accessor.
+"""Results: the dataset layout and the resumable store (the ``ds.dp`` accessor is :mod:`diffprobe.accessor`).
 
 Layout of an experiment dataset (one vocabulary with the rest of diffprobe):
 
@@ -9,11 +9,18 @@ Layout of an experiment dataset (one vocabulary with the rest of diffprobe):
 - one float variable per metric on the cell grid, ``ocr_text`` (str) and ``done`` (bool);
 - ``patched_image`` (cell grid + y, x, rgb), ``source_image``/``target_image`` (pair, seed, y, x, rgb),
   ``source_ocr_text``/``target_ocr_text`` and ``baseline_<metric>`` (role, pair, seed);
-- attrs ``spec`` (JSON), ``fingerprint``, ``versions`` (JSON), ``model``.
+- attrs ``spec`` (JSON), ``fingerprint``, ``versions`` (JSON), ``model``, ``intervention`` (JSON),
+  ``layout`` (JSON: the resolved sites and groups).
 
-The store is a directory: ``spec.json``, one NetCDF file per finished batch under ``batches/``
-(written to a temporary name and renamed, so a kill at any moment leaves only whole files), and
-``results.nc``, the assembled dataset, rewritten atomically at the end of each run.
+The store is a directory: ``spec.json`` (the spec, its fingerprint, the weights digest and the
+:class:`Layout`: the sites the spec resolved to on the model, so a store reopens without loading the
+model), one NetCDF file per finished batch under ``batches/`` (written to a temporary name and
+renamed, so a kill at any moment leaves only whole files; temporary files left by a kill are removed
+when the store is next opened: one writer per store), and ``results.nc``, the assembled dataset,
+rewritten atomically at the end of each run.
+
+This module knows the spec (:mod:`diffprobe.spec`) and the site type; it never loads a model and
+never runs one (that is :mod:`diffprobe.experiments`).
 """
 from __future__ import annotations
 
@@ -21,16 +28,37 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from .errors import ResultsError
+from .sites import Site
 
-__all__ = ["Store", "assemble", "open_results", "share_baselines", "versions", "DiffprobeAccessor"]
+__all__ = ["Layout", "Store", "assemble", "check_out", "open_results", "share_baselines", "versions"]
 
 ENGINE = "h5netcdf"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The sites a spec resolved to on a model, and the site positions each group patches together."""
+
+    sites: tuple[Site, ...]
+    groups: tuple[tuple[int, ...], ...]
+
+    def group_sites(self, group: int) -> list[Site]:
+        return [self.sites[i] for i in self.groups[group]]
+
+    def to_dict(self) -> dict:
+        return {"sites": [s.to_dict() for s in self.sites], "groups": [list(g) for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Layout":
+        sites = tuple(Site(**{**s, "kv": tuple(s["kv"])}) for s in data["sites"])
+        return cls(sites, tuple(tuple(int(i) for i in g) for g in data["groups"]))
 
 
 def versions() -> dict[str, str]:
@@ -52,6 +80,9 @@ def _atomic_netcdf(ds: xr.Dataset, path: Path) -> None:
     try:
         ds.to_netcdf(tmp, engine=ENGINE)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path} ({exc.strerror or exc}); check free disk space and permissions. "
+                           "Finished batches are kept: rerun to resume.", field="out") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -89,17 +120,15 @@ class Store:
         self._mem: dict[tuple[str, int], xr.Dataset] = {}
 
     @classmethod
-    def open(cls, root, spec, weights: str | None = None) -> "Store":
+    def open(cls, root, spec, weights: str | None = None, layout: Layout | None = None) -> "Store":
         """Open (or create) the store of ``spec``; refuse one written by another spec or other weights."""
         if root is None:
             return cls(None, spec)
         root = Path(root)
         spec_file = root / "spec.json"
+        check_out(root)
         if spec_file.exists():
-            try:
-                stored = json.loads(spec_file.read_text())
-            except json.JSONDecodeError:
-                raise ResultsError(f"{spec_file} is corrupted; delete the folder {root} or choose another --out.") from None
+            stored = _read_record(spec_file)
             if stored.get("fingerprint") != spec.fingerprint():
                 raise ResultsError(
                     f"{root} holds results of a different experiment ({_spec_diff(stored.get('spec', {}), spec.to_dict())}). "
@@ -110,10 +139,11 @@ class Store:
                     f"{root} was written with other weights of {spec.model!r} (digest {stored['weights']}, now {weights}): "
                     "the model changed since. Choose another output folder, or delete this one to recompute."
                 )
+            _remove_stale_temporaries(root)
         else:
-            root.mkdir(parents=True, exist_ok=True)
+            record = {"fingerprint": spec.fingerprint(), "weights": weights, "spec": spec.to_dict(),
+                      "layout": layout.to_dict() if layout is not None else None}
             tmp = spec_file.with_suffix(".tmp")
-            record = {"fingerprint": spec.fingerprint(), "weights": weights, "spec": spec.to_dict()}
             tmp.write_text(json.dumps(record, indent=1))
             os.replace(tmp, spec_file)
         return cls(root, spec)
@@ -171,6 +201,38 @@ class Store:
             _atomic_netcdf(ds, self.root / "results.nc")
 
 
+def check_out(root: str | Path) -> Path:
+    """Make sure ``root`` can hold a store (a folder we can write), before any model is loaded or run."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ResultsError(f"{root} is a file, not a folder; choose a folder for the results.", field="out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ResultsError(f"cannot write to {root} ({exc.strerror or exc}); choose a writable folder.", field="out") from None
+    return root
+
+
+def _read_record(spec_file: Path) -> dict:
+    try:
+        record = json.loads(spec_file.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    except (ValueError, UnicodeDecodeError):
+        raise ResultsError(
+            f"{spec_file} is corrupted; delete the folder {spec_file.parent} or choose another --out."
+        ) from None
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Temporary batch files are renamed into place when whole; one still here was cut off by a kill."""
+    for tmp in (root / "batches").glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def share_baselines(source: str | Path, target: str | Path) -> int:
     """Copy the finished baseline batches of one store into another; returns how many were copied.
 
@@ -188,7 +250,8 @@ def share_baselines(source: str | Path, target: str | Path) -> int:
     return len(files)
 
 
-def _grid(spec, sites, groups) -> tuple[list[str], dict]:
+def _grid(spec, layout: Layout) -> tuple[list[str], dict]:
+    sites, groups = layout.sites, [layout.group_sites(g) for g in range(len(layout.groups))]
     group_dim = "site" if spec.grouping == "each" else "n_sites"
     dims = ["pair", group_dim, "t_start", "seed"] + (["head"] if spec.per_head else [])
     coords: dict = {
@@ -212,9 +275,9 @@ def _grid(spec, sites, groups) -> tuple[list[str], dict]:
     return dims, coords
 
 
-def assemble(spec, sites, groups, store: Store) -> xr.Dataset:
+def assemble(spec, layout: Layout, store: Store) -> xr.Dataset:
     """The full labelled dataset from whatever batches the store holds."""
-    dims, coords = _grid(spec, sites, groups)
+    dims, coords = _grid(spec, layout)
     shape = [len(coords[d]) if not isinstance(coords[d], tuple) else len(coords[d][1]) for d in dims]
     pos = {d: {v: i for i, v in enumerate(coords[d])} for d in ("t_start", "seed")}
     if spec.per_head:
@@ -237,7 +300,8 @@ def assemble(spec, sites, groups, store: Store) -> xr.Dataset:
                     arr = metric_arrays.setdefault(
                         name, np.full(shape, "", object) if name == "ocr_text" else np.full(shape, np.nan)
                     )
-                    arr[idx] = b[name].values[j]
+                    value = b[name].values[j]
+                    arr[idx] = str(value) if name == "ocr_text" else value  # plain str: NetCDF refuses mixed types
     for name, arr in metric_arrays.items():
         ds[name] = (dims, arr)
     ds["done"] = (dims, done)
@@ -245,7 +309,8 @@ def assemble(spec, sites, groups, store: Store) -> xr.Dataset:
         ds["patched_image"] = (dims + ["y", "x", "rgb"], images)
     _add_baselines(ds, spec, store)
     ds.attrs.update(spec=spec.to_json(), fingerprint=spec.fingerprint(), versions=json.dumps(versions()),
-                    model=spec.model, intervention=spec.intervention)
+                    model=spec.model, intervention=json.dumps(spec.intervention, sort_keys=True),
+                    layout=json.dumps(layout.to_dict()))
     return ds
 
 
@@ -266,7 +331,7 @@ def _add_baselines(ds: xr.Dataset, spec, store: Store) -> None:
                 arrays[k][p, s] = b[k].values[j]
             for r, role in enumerate(("source", "target")):
                 if f"{role}__ocr_text" in b:
-                    texts[f"{role}_ocr_text"][p, s] = b[f"{role}__ocr_text"].values[j]
+                    texts[f"{role}_ocr_text"][p, s] = str(b[f"{role}__ocr_text"].values[j])
                 for m in spec.metrics:
                     if f"{role}__{m}" in b:
                         roles[m][r, p, s] = b[f"{role}__{m}"].values[j]
@@ -280,31 +345,41 @@ def _add_baselines(ds: xr.Dataset, spec, store: Store) -> None:
 
 
 def open_results(path: str | Path) -> xr.Dataset:
-    """Open a saved dataset: a store folder (its results.nc, or its batches if it was interrupted) or a .nc file."""
+    """Open a saved dataset: a store folder (its results.nc, or its batches if it was interrupted) or a .nc file.
+
+    Never loads a model: an interrupted store is reassembled from the layout its spec.json records."""
     path = Path(path)
     if path.is_dir():
         if (path / "results.nc").exists():
-            return _open(path / "results.nc")
+            return _checked(_open(path / "results.nc"), path / "results.nc")
         if (path / "spec.json").exists():
             return _reassemble(path)
         raise ResultsError(f"{path} is not a diffprobe results folder (no results.nc or spec.json).")
     if not path.exists():
         raise ResultsError(f"No results at {path}; pass the --out folder of a sweep or its results.nc.")
-    return _open(path)
+    return _checked(_open(path), path)
+
+
+def _checked(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    missing = [k for k in ("spec", "fingerprint") if k not in ds.attrs]
+    if missing or "done" not in ds:
+        raise ResultsError(
+            f"{path} is a NetCDF file but not a diffprobe results dataset (no {'spec attribute' if missing else 'done'} "
+            "variable); pass the --out folder of a `diffprobe sweep`, or its results.nc."
+        )
+    return ds
 
 
 def _reassemble(path: Path) -> xr.Dataset:
-    from .experiments import Experiment, resolve_sites
-    from .runner import _groups
-    from .zoo.loading import load
+    from .spec import Experiment
 
+    record = _read_record(path / "spec.json")
     try:
-        spec = Experiment.from_dict(json.loads((path / "spec.json").read_text())["spec"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ResultsError(f"{path / 'spec.json'} is corrupted ({exc}); the folder cannot be reopened.") from None
-    probe = load(spec.model)
-    sites = resolve_sites(spec, probe.sites)
-    return assemble(spec, sites, _groups(spec, sites), Store(path, spec))
-
-
-from .accessor import DiffprobeAccessor  # noqa: E402  (registers ds.dp)
+        spec = Experiment.from_dict(record["spec"])
+        layout = Layout.from_dict(record["layout"])
+    except (KeyError, TypeError) as exc:
+        raise ResultsError(
+            f"{path / 'spec.json'} lacks {exc} (written by an older diffprobe, or damaged); re-run the sweep with "
+            "the same spec to rebuild the dataset."
+        ) from None
+    return assemble(spec, layout, Store(path, spec))

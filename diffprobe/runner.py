@@ -1,26 +1,30 @@
-"""The one experiment runner: cells -> batches -> engine -> metrics -> store.
+"""The one experiment runner: spec -> layout -> validated cells -> batches -> engine -> metrics -> store.
 
 Work is cut into batches whose composition depends only on the spec, so a batch index names the
 same work in every run of the same spec: a store that holds batch 7 never recomputes it. Baseline
 batches (each pair's unpatched source and target images, per seed) run first because every cell
 is scored against its pair's source image.
+
+Before the first denoising step every distinct cell intervention (one per group x t_s x head) is
+planned against the model's catalogue, so a head or step that does not fit the model fails in
+milliseconds with the spec field (and CLI option) that asked for it, not after the baselines ran.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .bench import PromptPair
-from .experiments import Experiment, resolve_sites
-from .interventions import Ablate, Inject, Patch
-from .plan import Variant
-from .results import Store, assemble
+from .errors import InterventionError, SiteError, SpecError
+from .plan import Variant, make_plan
+from .results import Layout, Store, assemble
+from .sites import Site
+from .spec import Experiment, template_intervention
 
-__all__ = ["run_experiment", "Cell", "cells_of", "baseline_jobs"]
+__all__ = ["run_experiment", "resolve_layout", "Cell", "cells_of", "baseline_jobs"]
 
 
 @dataclass(frozen=True)
@@ -50,20 +54,65 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _groups(spec: Experiment, sites: list) -> list[list]:
-    if spec.grouping == "each":
-        return [[s] for s in sites]
-    return [sites[:k] for k in spec.counts]
+def resolve_layout(spec: Experiment, catalogue) -> Layout:
+    """The spec's sites against a model's catalogue, and the groups of sites each cell patches."""
+    try:
+        if isinstance(spec.sites, str):
+            sites = list(catalogue.parse(spec.sites))
+        else:
+            sites = [_one_site(catalogue, s) for s in spec.sites]
+    except SiteError as exc:
+        raise SpecError(f"The spec's sites do not match the model: {exc}", field="sites") from None
+    if spec.kind != "scale":
+        textless = [s for s in sites if not s.carries_text]
+        if textless:
+            raise SpecError(
+                f"The spec selects {textless[0].label} ({textless[0].name}), a self-attention site with no text K/V; "
+                f"sweep text sites instead, e.g. sites='{_text_kind(catalogue)}:all'.", field="sites",
+            )
+    if spec.kind == "inject" and any(s.kind != "cross" for s in sites):
+        raise SpecError(
+            f"intervention='inject' needs cross-attention sites, but {sites[0].kind} sites were selected; "
+            "use intervention='patch' for joint/single attention (SD3, FLUX).", field="intervention",
+        )
+    if spec.grouping == "cumulative" and max(spec.counts) > len(sites):
+        raise SpecError(f"counts go up to {max(spec.counts)} but only {len(sites)} sites are selected.", field="counts")
+    groups = [[i] for i in range(len(sites))] if spec.grouping == "each" else [list(range(k)) for k in spec.counts]
+    return Layout(tuple(sites), tuple(tuple(g) for g in groups))
 
 
-def _intervention(spec: Experiment, pair: PromptPair, sites: list, t_start: int, head: int):
+def _one_site(catalogue, label: str) -> Site:
+    """A site by label (``cross:55``) or module name; errors name the valid choices."""
+    if ":" in label:
+        return catalogue.parse(label)[0]
+    return catalogue.by_name(label)
+
+
+def _text_kind(catalogue) -> str:
+    return next((k for k in catalogue.kinds if k != "self"), "cross")
+
+
+def _intervention(spec: Experiment, pair: PromptPair, sites: list[Site], t_start: int, head: int):
     heads = (head,) if head >= 0 else spec.heads
-    common = dict(sites=list(sites), steps=f"{t_start}:", heads=heads)
-    if spec.intervention == "inject":
-        return Inject(prompt=pair.target_prompt, **common)
-    if spec.intervention == "patch":
-        return Patch(source=pair.target_prompt, **common)
-    return Ablate(mode=spec.ablate_mode, **common)
+    return template_intervention(spec.intervention, prompt=pair.target_prompt, sites=list(sites),
+                                 steps=f"{t_start}:", heads=heads)
+
+
+#: the spec field behind each intervention argument the engine refuses
+_SPEC_FIELD = {"heads": "heads", "steps": "t_starts", "sites": "sites"}
+
+
+def check_cells(probe, spec: Experiment, layout: Layout) -> None:
+    """Plan one variant per distinct (group, t_s, head) against the model: every refusal happens here."""
+    pair = spec.pairs[0]
+    for group, t_start, head in itertools.product(layout.groups, spec.t_starts, spec.heads if spec.per_head else (-1,)):
+        sites = [layout.sites[i] for i in group]
+        try:
+            iv = _intervention(spec, pair, sites, t_start, head)
+            make_plan([Variant(pair.source_prompt, (iv,), spec.seeds[0])], probe.sites, spec.steps,
+                      supports_inject=probe.adapter.supports_inject)
+        except InterventionError as exc:
+            raise SpecError(str(exc), field=_SPEC_FIELD.get(exc.field, "intervention")) from None
 
 
 def _generate(probe, spec: Experiment, variants: list[Variant]) -> np.ndarray:
@@ -96,11 +145,11 @@ def _run_baselines(probe, spec: Experiment, jobs: list[tuple[int, int]]) -> dict
     }
 
 
-def _run_cells(probe, spec: Experiment, cells: list[Cell], groups: list[list], source_images: Callable) -> dict:
+def _run_cells(probe, spec: Experiment, cells: list[Cell], layout: Layout, source_images: Callable) -> dict:
     variants = []
     for c in cells:
         pair = spec.pairs[c.pair]
-        iv = _intervention(spec, pair, groups[c.group], c.t_start, c.head)
+        iv = _intervention(spec, pair, layout.group_sites(c.group), c.t_start, c.head)
         variants.append(Variant(pair.source_prompt, (iv,), c.seed))
     images = _generate(probe, spec, variants)
     pairs = [spec.pairs[c.pair] for c in cells]
@@ -110,16 +159,17 @@ def _run_cells(probe, spec: Experiment, cells: list[Cell], groups: list[list], s
 
 def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
     """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False)."""
-    from .zoo.loading import load
+    from .loading import load
 
+    if not isinstance(spec, Experiment):
+        raise SpecError(f"run takes an Experiment; got {type(spec).__name__}. Build one with Experiment(...).")
     probe = probe if probe is not None else load(spec.model)
-    sites = resolve_sites(spec, probe.sites)
-    groups = _groups(spec, sites)
-    cells = cells_of(spec, len(groups))
-    jobs = baseline_jobs(spec)
-    base_batches = _chunks(jobs, max(1, spec.batch_size // 2))
+    layout = resolve_layout(spec, probe.sites)
+    check_cells(probe, spec, layout)
+    cells = cells_of(spec, len(layout.groups))
+    base_batches = _chunks(baseline_jobs(spec), max(1, spec.batch_size // 2))
     cell_batches = _chunks(cells, spec.batch_size)
-    st = Store.open(store, spec, weights=probe.weights_digest())
+    st = Store.open(store, spec, weights=probe.weights_digest(), layout=layout)
     total = len(base_batches) + len(cell_batches)
     done = 0
 
@@ -136,9 +186,9 @@ def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
     sources = st.source_images()
     for i, batch in enumerate(cell_batches):
         if not st.has("cell", i):
-            st.write_cells(i, _run_cells(probe, spec, batch, groups, lambda p, s: sources[(p, s)]))
+            st.write_cells(i, _run_cells(probe, spec, batch, layout, lambda p, s: sources[(p, s)]))
         done += 1
         tick()
-    ds = assemble(spec, sites, groups, st)
+    ds = assemble(spec, layout, st)
     st.finalize(ds)
     return ds

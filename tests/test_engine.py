@@ -12,8 +12,15 @@ What these tests prove (docs/interventions.md lists them next to each guarantee)
 - bad requests fail before the first step with a message naming the valid choice;
 - an exception inside a run leaves no hook behind, and the next run equals a fresh model's.
 
-Rows compared bit for bit sit in the *same* batch (equal batch composition): a different batch
-size may change float rounding in the matrix kernels, which is not an intervention effect.
+What is exact by construction, and what is not. A bit-for-bit assertion here compares the *same row* of
+two calls with the *same batch composition* (the same prompts, seeds and shapes in every row), which differ
+only in the edit under test: every kernel then sees identical inputs, so the results are identical on any
+CPU. Two *different rows* of one batch that hold identical inputs are not guaranteed to round alike: x86
+matrix kernels may treat rows differently (measured on an AMD EPYC: identical rows of one batched matmul
+differ by ~2e-7; on the Intel Xeon where these tests were first written they did not). Comparisons across
+rows (an identity Patch copies another row's K/V into this one; a patched row against the target row) are
+therefore checked within ``ROW_TOLERANCE`` uint8 levels for images and ``KV_ATOL`` for float tensors, while
+the copy itself (the K/V written equal the K/V of the row they come from) is checked bit for bit.
 """
 from __future__ import annotations
 
@@ -55,6 +62,20 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
 
 
+#: images of two different batch rows with identical inputs, in uint8 levels (batched-kernel rounding)
+ROW_TOLERANCE = 2
+#: float tensors of two different batch rows with identical inputs
+KV_ATOL = 1e-5
+
+
+def assert_rows_match(a: np.ndarray, b: np.ndarray) -> None:
+    """Two rows of one batch that must agree up to the rounding of batched kernels (see the module docstring)."""
+    if a.dtype == np.uint8:
+        assert max_diff(a, b) <= ROW_TOLERANCE, f"rows differ by {max_diff(a, b)} levels"
+    else:
+        np.testing.assert_allclose(a, b, rtol=KV_ATOL, atol=KV_ATOL)
+
+
 # -- tracing and identity edits change nothing --------------------------------------------------------
 
 def test_traced_unpatched_run_is_bit_identical_to_the_plain_call(tiny_probe, arch):
@@ -70,29 +91,38 @@ def test_traced_batch_is_bit_identical_to_the_plain_batched_call(tiny_probe, arc
     np.testing.assert_array_equal(got, expected)
 
 
-def test_identity_patch_is_bit_identical(tiny_probe, arch):
-    """Patch(source=the prompt itself) at every text site: same image, bit for bit."""
-    patch = Patch(source=SRC, sites=TEXT_SITES[arch])
-    images = run(tiny_probe, arch, [Variant(SRC), Variant(SRC, (patch,))]).images
-    np.testing.assert_array_equal(images[1], images[0])
-    # alone, the source runs as a hidden extra row: compare with a clean batch of the same rows
+def test_identity_patch_copies_the_source_row_and_changes_nothing_else(tiny_probe, arch):
+    """Patch(source=the prompt itself) at every text site: the K/V written are the source row's, bit for bit;
+    the image equals the unpatched one up to batch-row rounding; rows it does not name are untouched, bit for bit."""
+    site = TEXT_SITES[arch]
+    watched = tiny_probe.sites.parse(site)[-1].label
+    patch, cap = Patch(source=SRC, sites=site), Capture(what="kv", sites=watched)
+    result = run(tiny_probe, arch, [Variant(SRC, (cap,)), Variant(SRC, (patch, cap))])
+    for part in ("k", "v"):
+        kv = result.captures[f"kv:{watched}:{part}"].values
+        np.testing.assert_array_equal(kv[1], kv[0])  # a copy of the clean source row
+    assert_rows_match(result.images[1], result.images[0])
+    # alone, the source runs as a hidden extra row; a clean batch of the same rows leaves row 0 within rounding
     alone = run(tiny_probe, arch, [Variant(SRC, (patch,))]).images
     clean = run(tiny_probe, arch, [Variant(SRC), Variant(SRC)]).images
-    np.testing.assert_array_equal(alone[0], clean[0])
+    assert_rows_match(alone[0], clean[0])
 
 
 def test_scale_one_is_the_identity(tiny_probe, arch):
-    images = run(tiny_probe, arch, [Variant(SRC), Variant(SRC, (Scale(1.0, sites="all"),))]).images
-    np.testing.assert_array_equal(images[1], images[0])
+    """Same row, same batch composition, with and without Scale(1.0): exact by construction."""
+    edited = run(tiny_probe, arch, [Variant(SRC), Variant(SRC, (Scale(1.0, sites="all"),))]).images
+    clean = run(tiny_probe, arch, [Variant(SRC), Variant(SRC)]).images
+    np.testing.assert_array_equal(edited, clean)
 
 
 def test_head_scale_one_is_the_identity_and_zero_is_not(tiny_probe, arch):
     """Per-head scaling runs on every architecture (through to_out.0's input, or the raw output
     where there is no output projection, as in FLUX single-stream blocks)."""
-    images = run(tiny_probe, arch, [Variant(SRC), Variant(SRC, (Scale(1.0, sites="all", heads=[0]),)),
+    edited = run(tiny_probe, arch, [Variant(SRC), Variant(SRC, (Scale(1.0, sites="all", heads=[0]),)),
                                     Variant(SRC, (Scale(0.0, sites="all", heads=[0]),))]).images
-    np.testing.assert_array_equal(images[1], images[0])
-    assert max_diff(images[2], images[0]) > 0
+    clean = run(tiny_probe, arch, [Variant(SRC)] * 3).images
+    np.testing.assert_array_equal(edited[:2], clean[:2])
+    assert max_diff(edited[2], clean[2]) > 0
 
 
 def test_scale_changes_the_image(probe_factory):
@@ -139,14 +169,14 @@ def test_sd15_patching_all_cross_sites_gives_the_target_image(probe_factory):
     """SD1.5's UNet reads the text only through cross-attention K/V."""
     probe = probe_factory("sd15")
     images = run(probe, "sd15", [Variant(TGT), Variant(SRC, (Patch(source=TGT, sites="cross:all"),)), Variant(SRC)])
-    np.testing.assert_array_equal(images.images[1], images.images[0])
+    assert_rows_match(images.images[1], images.images[0])  # row 1 reads row 0's K/V: equal up to row rounding
     assert max_diff(images.images[2], images.images[0]) > 0  # the prompts do give different images
 
 
 def test_sd15_empty_ablation_gives_the_empty_prompt_image(probe_factory):
     probe = probe_factory("sd15")
     images = run(probe, "sd15", [Variant(""), Variant(SRC, (Ablate(mode="empty", sites="cross:all"),))]).images
-    assert max_diff(images[1], images[0]) <= 1
+    assert_rows_match(images[1], images[0])
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "if"])
@@ -165,8 +195,8 @@ def test_inject_and_patch_agree_on_cross_sites(probe_factory, arch):
     assert max_diff(result.images[0], result.images[2]) > 0  # the edit did something
     for key in (f"kv:{watched}:k", f"kv:{watched}:v"):
         kv = result.captures[key].values  # (sample, step, token, head, channel)
-        np.testing.assert_allclose(kv[1], kv[0], rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(kv[0, 0], kv[2, 0])  # step 0 is outside the window
+        assert_rows_match(kv[1], kv[0])
+        assert_rows_match(kv[0, 0], kv[2, 0])  # step 0 is outside the window (exact per row: see the step-k test)
         assert np.abs(kv[0, 1:] - kv[2, 1:]).max() > 1e-3
 
 
@@ -181,11 +211,13 @@ def test_head_subset_patch_changes_only_those_heads(probe_factory, arch, site, c
         Variant(SRC, (cap,)), Variant(TGT, (cap,)),
         Variant(SRC, (Patch(source=TGT, sites=site, heads=heads), cap)),
     ])
+    clean = run(probe, arch, [Variant(SRC, (cap,)), Variant(TGT, (cap,)), Variant(SRC, (cap,))])
     others = [h for h in range(probe.sites.parse(site)[0].heads) if h not in heads]
     for key in (f"kv:{site}:k", f"kv:{site}:v"):
         kv = result.captures[key].values[:, check_steps]  # (sample, step, token, head, channel)
-        np.testing.assert_array_equal(kv[2][..., heads, :], kv[1][..., heads, :])
-        np.testing.assert_array_equal(kv[2][..., others, :], kv[0][..., others, :])
+        unpatched = clean.captures[key].values[:, check_steps]
+        np.testing.assert_array_equal(kv[2][..., heads, :], kv[1][..., heads, :])  # copied from the TGT row
+        np.testing.assert_array_equal(kv[2][..., others, :], unpatched[2][..., others, :])  # same row, untouched
         assert np.abs(kv[2][..., heads, :] - kv[0][..., heads, :]).max() > 1e-4
 
 
@@ -197,11 +229,13 @@ def test_flux_single_site_patch_touches_only_the_text_prefix(probe_factory):
     result = run(probe, "flux", [
         Variant(SRC, (cap,)), Variant(TGT, (cap,)), Variant(SRC, (Patch(source=TGT, sites=site), cap)),
     ])
+    clean = run(probe, "flux", [Variant(SRC, (cap,)), Variant(TGT, (cap,)), Variant(SRC, (cap,))])
     for key in (f"kv:{site}:k", f"kv:{site}:v"):
         kv = result.captures[key].values[:, 0]  # (sample, token, head, channel) at step 0
+        unpatched = clean.captures[key].values[:, 0]
         assert kv.shape[1] > text_len
-        np.testing.assert_array_equal(kv[2, :text_len], kv[1, :text_len])  # text: the target's
-        np.testing.assert_array_equal(kv[2, text_len:], kv[0, text_len:])  # image: untouched
+        np.testing.assert_array_equal(kv[2, :text_len], kv[1, :text_len])  # text: a copy of the target row's
+        np.testing.assert_array_equal(kv[2, text_len:], unpatched[2, text_len:])  # image: this row's own, untouched
         assert np.abs(kv[2, :text_len] - kv[0, :text_len]).max() > 1e-4
 
 
@@ -211,10 +245,11 @@ def test_patch_from_step_k_leaves_earlier_steps_bit_identical(tiny_probe, arch, 
     den = Capture(sites="denoiser")
     result = run(tiny_probe, arch, [
         Variant(SRC, (den,)), Variant(SRC, (Patch(source=TGT, sites=TEXT_SITES[arch], steps=f"{k}:"), den)),
-    ], steps=steps)
+    ], steps=steps)  # rows: SRC, SRC patched, hidden TGT
+    unpatched = run(tiny_probe, arch, [Variant(SRC, (den,)), Variant(SRC, (den,)), Variant(TGT)], steps=steps)
     pred = result.captures["denoiser"]
     assert list(pred.coords["step"].values) == list(range(steps))
-    clean, patched = pred.values[0], pred.values[1]
+    clean, patched = unpatched.captures["denoiser"].values[1], pred.values[1]  # the same row of the same batch
     np.testing.assert_array_equal(patched[:k], clean[:k])
     assert np.abs(patched[k] - clean[k]).max() > 0
 
@@ -262,7 +297,7 @@ def test_zero_ablation_on_joint_sites(probe_factory):
 
 def test_cfg_policies_map_onto_the_right_half(probe_factory):
     """Rows with the same negative prompt share the unconditional K/V, so patching only that half
-    changes nothing and patching only the conditional half equals patching both -- bit for bit;
+    changes nothing and patching only the conditional half equals patching both (up to batch-row rounding);
     an Inject with its own negative prompt differs between cfg='cond' and cfg='both'."""
     probe = probe_factory("sd15")
     images = run(probe, "sd15", [
@@ -273,8 +308,8 @@ def test_cfg_policies_map_onto_the_right_half(probe_factory):
         Variant(SRC, (Inject(prompt=TGT, negative_prompt="blurry", sites="cross:all", cfg="cond"),)),
         Variant(SRC, (Inject(prompt=TGT, negative_prompt="blurry", sites="cross:all"),)),
     ]).images
-    np.testing.assert_array_equal(images[1], images[0])
-    np.testing.assert_array_equal(images[2], images[3])
+    assert_rows_match(images[1], images[0])  # the uncond K/V come from another row with the same negative
+    assert_rows_match(images[2], images[3])
     assert max_diff(images[3], images[0]) > 0
     assert max_diff(images[4], images[5]) > 0
     assert max_diff(images[4], images[3]) <= 2  # Inject on the cond half only == Patch

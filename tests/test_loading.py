@@ -1,6 +1,8 @@
 """Loading: save_pretrained directories, pipeline objects, bundled meta configs, and clear failures."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,79 @@ def test_absent_hub_weights_offline_say_where_and_how(monkeypatch, tmp_path):
 def test_cannot_load_other_objects():
     with pytest.raises(ModelLoadError, match=r"Cannot load a int"):
         diffprobe.load(42)
+
+
+# -- hub ids, the HF cache, and folders diffprobe refuses to run ------------------------------------
+
+def _fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" * 40) -> Path:
+    """Lay out ``folder`` as the Hugging Face cache does: models--owner--name/{refs/main, snapshots/<commit>}."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+@pytest.mark.parametrize("repo_id", ["diffprobe-tests/stable-diffusion-xl-base-1.0", "diffprobe-tests/FLUX.1-dev"])
+def test_dotted_hub_id_loads_from_the_hf_cache(monkeypatch, tmp_path, tiny_dirs, repo_id):
+    """The README's own ids have dots; they are hub ids, not file names (a folder of that name wins, if any)."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.chdir(tmp_path)  # no folder named like the repo id here
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _fake_hub_cache(tmp_path / "hub", repo_id, tiny_dirs("sd15"))
+    probe = diffprobe.load(repo_id)
+    assert probe.name == repo_id
+    assert probe.sites.counts() == {"self": 7, "cross": 7}
+    np.testing.assert_array_equal(
+        probe.generate("a red sign", steps=2, seed=3).images,
+        diffprobe.load(tiny_dirs("sd15")).generate("a red sign", steps=2, seed=3).images,
+    )
+
+
+def test_a_missing_dotted_hub_id_is_not_called_a_missing_folder(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError) as err:
+        diffprobe.load("stabilityai/stable-diffusion-xl-base-1.0")
+    msg = str(err.value)
+    assert "directory does not exist" not in msg and "Hugging Face cache" in msg
+    assert "stacktrace" not in msg and "huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0" in msg
+
+
+def test_pickle_checkpoints_are_refused_with_the_reason(tmp_path):
+    from diffprobe.zoo.tiny import build_tiny
+
+    build_tiny("sd15").save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    with pytest.raises(ModelLoadError) as err:
+        diffprobe.load(tmp_path / "pickled")
+    msg = str(err.value)
+    assert "pickle" in msg and "arbitrary code" in msg and "save_pretrained" in msg
+
+
+def test_custom_code_is_refused_without_suggesting_an_argument_load_lacks(tmp_path, tiny_dirs):
+    import json
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_dirs("sd15"), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "MyCustomPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError) as err:
+        diffprobe.load(folder)
+    msg = str(err.value)
+    assert "MyCustomPipeline" in msg and "diffprobe.load(pipeline)" in msg
+    assert "pass the object" in msg
+
+
+def test_broken_model_index_is_named(tmp_path):
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"model_index\.json is not a valid pipeline index"):
+        diffprobe.load(tmp_path)

@@ -72,24 +72,26 @@ def test_unknown_metric_names_the_metrics(ds, name):
     with pytest.raises(DiffprobeError) as err:
         plot.heatmap(ds, metric=name)
     message = str(err.value)
-    assert f"unknown metric {name!r}" in message
+    assert f"No metric {name!r}" in message
     assert "exact_target, ocr_f1_source, ocr_f1_target, ssim" in message
     if name == "ocr_f1_targt":
         assert "Did you mean 'ocr_f1_target'" in message
 
 
 def test_site_bars_t_interval(ds):
+    """A bar is the site's score (diffprobe.ranking: mean over pairs and seeds at its best t_start)."""
     (trace,) = plot.site_bars(ds, "ocr_f1_target", ci=0.9).data
-    values = ds["ocr_f1_target"].isel(site=2).values.ravel()
+    by_t = ds["ocr_f1_target"].isel(site=2).mean(("pair", "seed")).values
+    values = ds["ocr_f1_target"].isel(site=2, t_start=int(np.nanargmax(by_t))).values.ravel()
     values = values[~np.isnan(values)]
     half = stats.t.ppf(0.95, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     assert trace.orientation == "h"
-    assert trace.x[2] == pytest.approx(values.mean())
+    assert trace.x[2] == pytest.approx(values.mean()) == pytest.approx(ds.dp.best_sites(k=1).item())
     assert trace.error_x.array[2] == pytest.approx(half)
-    assert trace.customdata[2][2] == len(values) == 18
-    assert trace.customdata[0][2] == 17
+    assert trace.customdata[2][2] == len(values) == 6
     assert "90% t-interval" in trace.hovertemplate and "n = %{customdata[2]}" in trace.hovertemplate
     assert "index 2, cross" in trace.customdata[2][0]
+    assert "best t_start" in plot.site_bars(ds).layout.title.text
 
 
 def test_site_bars_rejects_bad_ci(ds):

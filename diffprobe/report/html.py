@@ -22,10 +22,8 @@ import hashlib
 import io
 import json
 import string
-from dataclasses import dataclass
 from html import escape
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -37,61 +35,23 @@ from PIL import Image
 
 from diffprobe import plot
 from diffprobe.errors import DiffprobeError, ResultsError
+from diffprobe.metrics import lower_is_better
+from diffprobe.ranking import SiteScore, rank_sites
+from diffprobe.results import versions
 
-__all__ = ["SiteScore", "lower_is_better", "script_json", "top_sites", "write_report"]
+__all__ = ["SiteScore", "script_json", "top_sites", "write_report"]
 
 _BOOT = """(function () {
   var figures = JSON.parse(document.getElementById("diffprobe-figures").textContent);
   figures.forEach(function (f) { Plotly.newPlot(f.id, f.figure.data, f.figure.layout, f.config); });
 })();"""
 _CONFIG = {"displaylogo": False, "responsive": True, "showLink": False, "showSendToCloud": False}
-_LOWER_IS_BETTER = ("mse", "lev_", "cer", "wer")
-
-
-@dataclass(frozen=True)
-class SiteScore:
-    """One site's mean of a metric over everything else, and the cell (e.g. ``{"t_start": 0}``) where it is best."""
-
-    index: int
-    name: str
-    kind: str
-    mean: float
-    n: int
-    best: dict[str, Any]
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better (distances and errors: ``mse``, ``lev_*``, ``cer``, ``wer``)."""
-    return metric.startswith(_LOWER_IS_BETTER)
 
 
 def top_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int = 3) -> list[SiteScore]:
-    """The ``k`` sites with the best mean ``metric`` (over pair, t_start, seed, ...); unfinished cells skipped."""
-    da = plot.select_metric(ds, metric)
-    if "site" not in da.dims:
-        raise ResultsError(f"{metric!r} has no 'site' dim (its dims are {da.dims}); top sites need one.")
-    rest = [d for d in da.dims if d != "site"]
-    mean, n = da.mean(rest, skipna=True), da.notnull().sum(rest)
-    sign = 1.0 if lower_is_better(metric) else -1.0
-    order = sorted(range(da.sizes["site"]), key=lambda i: (np.isnan(mean.values[i]), sign * mean.values[i]))
-    cell_dims = [d for d in rest if d not in ("pair", "seed")]
-    by_cell = da.mean([d for d in rest if d in ("pair", "seed")], skipna=True)
-    return [_site_score(ds, i, float(mean.values[i]), int(n.values[i]), by_cell, cell_dims, sign) for i in order[:k]]
-
-
-def _site_score(ds, i, mean, n, by_cell, cell_dims, sign) -> SiteScore:
-    cells = by_cell.isel(site=i).transpose(*cell_dims)
-    values = np.where(np.isnan(cells.values), np.inf, sign * cells.values)
-    best_pos = np.unravel_index(int(np.argmin(values)), values.shape) if cell_dims else ()
-    best = {d: ds[d].values[p].item() for d, p in zip(cell_dims, best_pos)}
-    return SiteScore(
-        index=int(ds["site"].values[i]),
-        name=str(ds["site_name"].values[i]) if "site_name" in ds.coords else f"site {i}",
-        kind=str(ds["site_kind"].values[i]) if "site_kind" in ds.coords else "",
-        mean=mean,
-        n=n,
-        best=best,
-    )
+    """The ``k`` best sites by :func:`diffprobe.ranking.rank_sites`: the same ranking as ``ds.dp.best_sites``
+    and the CLI's table (a site's mean over pairs and seeds in its best step window)."""
+    return rank_sites(ds, metric, k)
 
 
 def write_report(
@@ -126,8 +86,14 @@ def write_report(
         ]
     )
     page = _render(title, body, figures)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)  # a report is whole or absent, never cut off
+    except OSError as exc:
+        raise ResultsError(f"cannot write the report to {path} ({exc.strerror or exc}); choose a writable path.",
+                           field="out") from None
     return path
 
 
@@ -139,7 +105,7 @@ def _render(title: str, body: str, figures: list[tuple[str, go.Figure]]) -> str:
     template = string.Template(resources.files("diffprobe.report").joinpath("template.html").read_text("utf-8"))
     return template.substitute(
         csp=_csp(plotlyjs, _BOOT),
-        diffprobe_version=escape(_version()),
+        diffprobe_version=escape(versions()['diffprobe']),
         title=escape(title),
         body=body,
         figures=script_json(data),
@@ -170,13 +136,6 @@ def _csp(*scripts: str) -> str:
         f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:; font-src data:; "
         "base-uri 'none'; form-action 'none'"
     )
-
-
-def _version() -> str:
-    try:
-        return version("diffprobe")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def _figures(ds: xr.Dataset, metric: str, counts: xr.Dataset | None) -> list[tuple[str, go.Figure]]:
@@ -213,8 +172,9 @@ def _sites_section(top: list[SiteScore], metric: str) -> str:
         for rank, s in enumerate(top, 1)
     )
     return (
-        f"<section id='sites'><h2>Localized sites</h2><p class='note'>The {len(top)} sites with the {better} mean "
-        f"{escape(metric)} over every pair, step window and seed (unfinished cells left out).</p>"
+        f"<section id='sites'><h2>Localized sites</h2><p class='note'>The {len(top)} sites with the {better} "
+        f"{escape(metric)}: each site's mean over pairs and seeds in its best cell (step window, head), "
+        "unfinished cells left out; the same ranking as <code>ds.dp.best_sites</code> and the CLI.</p>"
         "<table><thead><tr><th>#</th><th>site</th><th>kind</th><th>index</th>"
         f"<th>mean {escape(metric)}</th><th>n</th><th>best cell</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"

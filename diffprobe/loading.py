@@ -1,0 +1,233 @@
+"""Loading: every way a user names a model ends in a :class:`~diffprobe.probe.Probe`.
+
+- a local folder written by ``save_pretrained`` (checked before diffusers sees it: a pipeline class
+  diffusers ships, safetensors weights);
+- a hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``): resolved in the Hugging Face cache first
+  (so ``HF_HUB_OFFLINE=1`` works), downloaded by diffusers only when online and not cached;
+- an already built ``DiffusionPipeline`` object (also the way to use a pipeline with custom code);
+- ``"<name>:meta"``: a weightless full-size denoiser from a bundled config (catalogue and counting);
+- ``"glyph"``: the embedded model diffprobe ships.
+
+A string is a hub id when it is a valid repo id with exactly one slash and does not start with
+``.``, ``/`` or ``~``; dots are allowed (``black-forest-labs/FLUX.1-dev``). An existing directory
+always wins over a hub id of the same spelling.
+
+Weights are loaded from safetensors only: pickle checkpoints (``.bin``, ``.pt``, ``.ckpt``) can
+run arbitrary code when unpickled, so they are refused with the conversion command.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError, did_you_mean
+from .zoo.meta import META_CONFIGS, meta_denoiser
+
+__all__ = ["load", "DEFAULT_MODEL", "is_hub_id"]
+
+#: Name of the embedded default model (trained and shipped with diffprobe).
+DEFAULT_MODEL = "glyph"
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_CONVERT = (
+    "If you trust the file, convert it once: `DiffusionPipeline.from_pretrained(path, use_safetensors=False)"
+    ".save_pretrained(new_path)` writes safetensors; then load new_path."
+)
+
+
+def _meta_names() -> str:
+    return ", ".join(k + ":meta" for k in META_CONFIGS)
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` reads as a Hugging Face repo id (``owner/name``, dots allowed)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _default_model_dir() -> Path:
+    from .zoo.glyph import default_model_path
+
+    path = Path(default_model_path())
+    if not (path / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The embedded default model's weights are missing at {path}. Train them with "
+            "`make train-glyph` (python -m training.glyph.train) or pass another model."
+        )
+    return path
+
+
+def _nnsight_model(source: Any, dtype, device) -> Any:
+    from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
+
+    class _ObjectDiffusionModel(DiffusionModel):
+        """nnsight's DiffusionModel over an already built pipeline object (0.8.1 takes paths only)."""
+
+        def _load(self, repo_id, *args, **kwargs):
+            self.pipeline = repo_id
+            return _PipelineModule(repo_id)
+
+    if not isinstance(source, (str, Path)):
+        if dtype is not None or device is not None:
+            source.to(device=device, dtype=dtype)
+        return _ObjectDiffusionModel(source, dispatch=True)
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    model = DiffusionModel(str(source), dispatch=True, use_safetensors=True, **kwargs)
+    if device is not None:
+        model.pipeline.to(device)
+    return model
+
+
+def _check_pipeline_folder(path: Path, shown: str) -> None:
+    """Refuse, before diffusers runs, a folder that is not a stock pipeline with safetensors weights."""
+    import diffusers
+
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        raise ModelLoadError(
+            f"{shown} is a directory but not a diffusers pipeline (no model_index.json). "
+            "Point to a folder written by DiffusionPipeline.save_pretrained()."
+        )
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        class_name = index["_class_name"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{index_file} is not a valid pipeline index ({type(exc).__name__}: {exc}); re-save the pipeline "
+            "with save_pretrained()."
+        ) from None
+    custom = [] if hasattr(diffusers, str(class_name)) else [f"pipeline class {class_name!r}"]
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] is None:
+            continue
+        if spec[0] not in ("diffusers", "transformers"):
+            custom.append(f"{component} from module {spec[0]!r}")
+    if custom:
+        raise ModelLoadError(
+            f"{shown} needs code that diffusers does not ship ({'; '.join(custom)}). diffprobe loads stock "
+            "pipelines only and never runs code from a model folder. If you have read that code and trust it, "
+            "build the pipeline yourself (e.g. DiffusionPipeline.from_pretrained(path, custom_pipeline=..., "
+            "trust_remote_code=True)) and pass the object: diffprobe.load(pipeline)."
+        )
+    for component in (c for c, s in index.items() if not c.startswith("_") and isinstance(s, list)):
+        folder = path / component
+        if not folder.is_dir():
+            continue
+        files = [f.name for f in folder.iterdir()]
+        pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+        if pickles and not any(f.endswith(".safetensors") for f in files):
+            raise ModelLoadError(
+                f"{shown}: {component}/{pickles[0]} is a pickle checkpoint and there is no .safetensors file "
+                "beside it. diffprobe refuses pickles: unpickling can run arbitrary code. " + _CONVERT
+            )
+
+
+def _load_local(path: Path, dtype, device, shown: str | None = None):
+    shown = shown or str(path)
+    _check_pipeline_folder(path, shown)
+    try:
+        return _nnsight_model(path, dtype, device)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(f"Could not load the pipeline in {shown}: {type(exc).__name__}: {first}") from None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of ``repo_id`` (its ``main`` revision), or None when not cached."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=constants.HF_HUB_CACHE, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return folder if (folder / "model_index.json").exists() else None
+
+
+def _load_hub(repo_id: str, dtype, device):
+    from huggingface_hub import constants
+
+    snapshot = _cached_snapshot(repo_id)
+    if snapshot is not None:
+        return _load_local(snapshot, dtype, device, shown=f"{repo_id!r} (cached at {snapshot})")
+    offline = _offline()
+    where = (
+        f"Could not load {repo_id!r}: it is not a local directory, and its weights are not in the "
+        f"Hugging Face cache at {constants.HF_HUB_CACHE}"
+    )
+    fix = (
+        f". Get them with `huggingface-cli download {repo_id}` on a machine with access (then copy the "
+        "cache or a save_pretrained() folder here), or pass a local directory. "
+        f"For the catalogue alone, try a bundled config: {_meta_names()}."
+    )
+    if offline:
+        raise ModelLoadError(where + " (HF_HUB_OFFLINE is set, so the hub was not asked)" + fix)
+    try:
+        return _nnsight_model(repo_id, dtype, device)
+    except Exception as exc:  # hub errors are many types; all mean "not here"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(where + f" and downloading it failed ({type(exc).__name__}: {first})" + fix) from None
+
+
+def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a text-to-image pipeline into nnsight and return a :class:`~diffprobe.probe.Probe`.
+
+    Args:
+        model: a hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``), a local directory written by
+            ``save_pretrained``, an already built ``DiffusionPipeline``, ``"<name>:meta"`` for a
+            weightless full-size denoiser (catalogue and counting only), or ``"glyph"`` (the default)
+            for the embedded model diffprobe ships.
+        device: where to put the pipeline (default: where it loads, the CPU).
+        dtype: weights dtype (default: as saved; full precision for the tiny and embedded models).
+    """
+    from .probe import Probe
+
+    if isinstance(model, str) and model.endswith(":meta"):
+        name = model[: -len(":meta")]
+        return Probe.from_denoiser(meta_denoiser(name), name=model)
+    if isinstance(model, str) and model == DEFAULT_MODEL:
+        from .zoo.glyph import HEIGHT, WIDTH
+
+        return Probe.from_nnsight(
+            _load_local(_default_model_dir(), dtype, device), name=DEFAULT_MODEL,
+            defaults={"height": HEIGHT, "width": WIDTH},
+        )
+    if isinstance(model, (str, Path)):
+        text = str(model)
+        if not text.strip() or "\x00" in text:
+            raise ModelLoadError(f"{text!r} is not a model name; pass a hub id, a folder, {DEFAULT_MODEL!r} or a :meta name.")
+        path = Path(model).expanduser()
+        if path.is_dir():
+            return Probe.from_nnsight(_load_local(path, dtype, device), name=text)
+        if isinstance(model, str) and is_hub_id(model):
+            return Probe.from_nnsight(_load_hub(model, dtype, device), name=text)
+        raise ModelLoadError(
+            f"No model at {path.resolve()}: the directory does not exist, and {text!r} is not a hub id "
+            f"(owner/name). Pass a folder written by save_pretrained(), a hub id such as "
+            f"'stabilityai/stable-diffusion-xl-base-1.0', '{DEFAULT_MODEL}' (the embedded model) or one of "
+            f"{_meta_names()}." + did_you_mean(text, [DEFAULT_MODEL, *(k + ":meta" for k in META_CONFIGS)])
+        )
+    from diffusers import DiffusionPipeline
+
+    if isinstance(model, DiffusionPipeline):
+        return Probe.from_nnsight(_nnsight_model(model, dtype, device), name=type(model).__name__)
+    raise ModelLoadError(
+        f"Cannot load a {type(model).__name__}: pass a hub id, a directory, a DiffusionPipeline or '<name>:meta'."
+    )
