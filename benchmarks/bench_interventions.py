@@ -84,9 +84,8 @@ def build(model: str):
 
 
 def machine() -> dict[str, str]:
-    import diffusers
-    import nnsight
-    import transformers
+    """The machine, and the package versions as every results dataset records them (diffprobe.results.versions)."""
+    from diffprobe.results import versions
 
     cpu = platform.processor() or "unknown"
     try:
@@ -103,11 +102,8 @@ def machine() -> dict[str, str]:
         "torch threads": str(torch.get_num_threads()),
         "load average (1, 5, 15 min)": load,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "nnsight": getattr(nnsight, "__version__", "?"),
         "platform": platform.platform(),
+        **versions(),
     }
 
 

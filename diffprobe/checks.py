@@ -47,7 +47,9 @@ def integer(value, what: str, error: type[DiffprobeError], *, lo: int | None = N
         raise error(f"{what} must be an integer; got {_kind(value)} {value!r}.")
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value >= hi):
-        bounds = f"at least {lo}" if hi is None else f"in [{lo if lo is not None else '-inf'}, {hi})"
+        named = {0: "a non-negative integer", 1: "a positive integer"}
+        bounds = (named.get(lo, f"at least {lo}") if hi is None
+                  else f"in [{lo if lo is not None else '-inf'}, {hi})")
         raise error(f"{what}={value} is out of range: it must be {bounds}.")
     return value
 

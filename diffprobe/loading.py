@@ -178,7 +178,7 @@ def _load_hub(repo_id: str, dtype, device):
         f"For the catalogue alone, try a bundled config: {_meta_names()}."
     )
     if offline:
-        raise ModelLoadError(where + " (HF_HUB_OFFLINE is set, so the hub was not asked)" + fix)
+        raise ModelLoadError(where + " (HF_HUB_OFFLINE is set, so the hub was not asked)" + fix) from None
     try:
         return _nnsight_model(repo_id, dtype, device)
     except Exception as exc:  # hub errors are many types; all mean "not here"

@@ -355,8 +355,10 @@ def test_empty_site_lists(probe_factory):
         Patch(source=TGT, sites=[])
     with pytest.raises(InterventionError, match=r"empty site list"):
         Patch(source=TGT, sites=probe.sites.of_kind("cross")[:0])
+    with pytest.raises(InterventionError, match=r"sites must be a non-empty string"):
+        Patch(source=TGT, sites=" ")  # refused where it is built, before any model sees it
     with pytest.raises(SiteError, match=r"empty"):
-        probe.generate(SRC, [Patch(source=TGT, sites=" ")], steps=2)
+        probe.generate(SRC, [Patch(source=TGT, sites=";")], steps=2)
     with pytest.raises(InterventionError, match=r"Nothing to run"):
         probe.run([], steps=2)
 

@@ -242,3 +242,39 @@ def test_count_follow_up_ranks_the_sweep_sites_and_keeps_the_rest_of_the_spec():
     assert follow.sites[:2] == (labels[2], labels[3]) and sorted(follow.sites) == sorted(labels)
     assert follow.counts == (1, 2, 3, 5, 6) and follow.grouping == "cumulative" and follow.t_starts == (0,)
     assert follow.replace(sites=spec.sites, grouping="each", counts=(), t_starts=spec.t_starts) == spec
+
+
+# -- intervention templates: every intervention can be swept --------------------------------------------------
+
+@pytest.mark.parametrize("template, changes", [
+    ({"kind": "scale", "factor": 0.0}, True),
+    ({"kind": "scale", "factor": 1.0}, False),
+    ({"kind": "ablate", "mode": "empty"}, True),
+    ({"kind": "ablate", "mode": "zero", "target": "output"}, True),
+])
+def test_any_intervention_template_can_be_swept(sdxl, template, changes):
+    spec = spec_for(sdxl.name, sites="cross:0-1", intervention=template, metrics=("mse",))
+    ds = run(spec, probe=sdxl)
+    assert bool(ds["done"].all())
+    assert json.loads(ds.attrs["intervention"]) == template
+    assert bool((ds["mse"] > 0).any()) == changes  # Scale(1.0) is the identity: mse 0 everywhere
+
+
+def test_a_template_that_names_the_target_prompt_itself(sdxl):
+    spec = spec_for(sdxl.name, sites="cross:0", intervention={"kind": "inject", "prompt": "a blank sign"},
+                    metrics=("mse",))
+    assert Experiment.from_json(spec.to_json()) == spec
+    assert bool(run(spec, probe=sdxl)["done"].all())
+
+
+def test_an_interrupted_store_reopens_without_loading_the_model(sdxl, tmp_path, monkeypatch):
+    import diffprobe.loading
+
+    spec = spec_for(sdxl.name, sites="cross:0-1")
+    full = run(spec, probe=sdxl, store=tmp_path / "s")
+    (tmp_path / "s" / "results.nc").unlink()
+    sorted((tmp_path / "s" / "batches").glob("cell-*.nc"))[-1].unlink()  # as if killed before the last batch
+    monkeypatch.setattr(diffprobe.loading, "load", lambda *a, **k: pytest.fail("reopening loaded the model"))
+    partial = open_results(tmp_path / "s")
+    assert int(partial["done"].sum()) < int(full["done"].sum())
+    assert list(partial.site_label.values) == list(full.site_label.values)

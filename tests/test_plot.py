@@ -103,8 +103,9 @@ def test_tradeoff_curve():
     counts = make_counts(counts=(1, 2, 3, 5))
     (trace,) = plot.tradeoff(counts, "ocr_f1_target", "ssim").data
     assert list(trace.text) == ["1", "2", "3", "5"]
-    np.testing.assert_allclose(trace.y, counts["ocr_f1_target"].mean(("pair", "seed")).values)
-    np.testing.assert_allclose(trace.x, counts["ssim"].mean(("pair", "seed")).values)
+    over = ("pair", "t_start", "seed")
+    np.testing.assert_allclose(trace.y, counts["ocr_f1_target"].mean(over).values)
+    np.testing.assert_allclose(trace.x, counts["ssim"].mean(over).values)
     assert trace.customdata[1][0] == str(counts["sites_used"].values[1])
     assert trace.customdata[1][1] == 6
     assert "n = %{customdata[1]}" in trace.hovertemplate
