@@ -20,10 +20,10 @@ from .spec import Experiment
 
 __version__ = "0.1.0"
 
-_LAZY = {"load": "loading", "Probe": "probe", "Generation": "probe"}
+_LAZY = {"load": "loading", "Probe": "probe", "Generation": "probe", "localize": "localization"}
 
 __all__ = [
-    "load", "Probe", "Generation", "Site", "SiteCatalogue", "Variant", "Experiment",
+    "load", "localize", "Probe", "Generation", "Site", "SiteCatalogue", "Variant", "Experiment",
     "Patch", "Inject", "Ablate", "Scale", "Capture",
     "DiffprobeError", "SiteError", "InterventionError", "ModelLoadError",
     "UnsupportedArchitectureError", "MetricError", "SpecError", "ResultsError",

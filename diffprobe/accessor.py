@@ -64,6 +64,18 @@ class DiffprobeAccessor:
         done = self._ds["done"]
         return int(done.sum()), int(done.size)
 
+    # notebooks: evaluating ``ds.dp`` in a cell shows the sweep's heatmap as a static table
+    def _repr_html_(self) -> str:
+        from .display import dataset_html
+
+        return dataset_html(self._ds)
+
+    def show(self, metric: str | None = None):
+        """The heatmap of ``metric`` (default: OCR F1 to the target when present) as a displayable object."""
+        from .display import dataset_html
+
+        return _Html(dataset_html(self._ds, metric))
+
     # plots (plotly); the same functions as diffprobe.plot
     def heatmap(self, metric: str = "ocr_f1_target", **kwargs):
         from . import plot
@@ -84,3 +96,16 @@ class DiffprobeAccessor:
         from .report import write_report
 
         return write_report(self._ds, path, **kwargs)
+
+
+class _Html:
+    """Markup a notebook renders (``IPython.display.HTML`` without importing IPython)."""
+
+    def __init__(self, html: str):
+        self.html = html
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return "<diffprobe heatmap table: display it in a notebook>"

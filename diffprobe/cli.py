@@ -385,3 +385,64 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+@app.command()
+@_guard
+def localize(
+    model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs; the last --held-out are held out."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph (default glyph for glyph)."),
+    n: int = typer.Option(8, "--n", help="Sweep pairs drawn from --bench (plus --held-out more)."),
+    held_out: int = typer.Option(4, "--held-out", help="Pairs kept for the confirmation only."),
+    pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),
+    sites: Optional[str] = typer.Option(None, help="Sites to sweep (default every text site)."),
+    intervention: Optional[str] = typer.Option(None, help="inject | patch (default inject on cross sites, else patch)."),
+    steps: int = typer.Option(25, help="Denoising steps."),
+    t_start: Optional[str] = typer.Option(None, "--t-start", help="Step windows of the t_s sweep (default 0,steps/5,2*steps/5)."),
+    top: int = typer.Option(3, help="Top sites carried into the t_s sweep."),
+    metric: str = typer.Option("ocr_f1_target", help="Metric that ranks the sites and decides t_s and the count."),
+    keep: float = typer.Option(0.9, help="Share of the best score a later t_s or a smaller site set must keep."),
+    seeds: Optional[str] = typer.Option(None, help="Generation seeds, e.g. 0,1 (default 0)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma-separated metric names (default all but clip_t)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG guidance scale (default: the pipeline's)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Variants per pipeline call."),
+    out: Path = typer.Option(Path("localize_out"), "--out", help="Output folder (re-running resumes)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+):
+    """The paper's localization study end to end: single sites, step windows, layer count, held-out check.
+
+    Writes DIR/report.html (summary at the top), DIR/localized.json (the sites other commands take) and one
+    resumable store per stage. See docs/localize.md.
+
+    Examples:
+
+      diffprobe localize --bench glyph --n 8 --out runs/loc
+
+      diffprobe localize --model ./sd3 --pairs pairs.jsonl --held-out 10 --steps 28 --t-start 0,2,4 --out runs/sd3
+    """
+    from .display import quiet as quiet_libraries
+    from .loading import load
+    from .localization import StudySettings
+    from .localization import localize as run_localize
+    from .results import check_out
+
+    _state["origin"] = {"held_out": "--held-out", "top": "--top", "keep": "--keep", "sites": "--sites",
+                        "metric": "--metric", "steps": "--steps"}
+    _set_threads(threads)
+    if held_out < 1:
+        from .errors import SpecError
+
+        raise SpecError(f"needs at least 1 held-out pair for the confirmation; got {held_out}.", field="held_out")
+    settings = dict(held_out=held_out, top=top, metric=metric, keep=keep, steps=steps, batch_size=batch_size,
+                    t_starts=_ints(t_start, "t_starts"), seeds=_ints(seeds, "seeds") or (0,), guidance=guidance,
+                    metrics=tuple(metrics.split(",")) if metrics else (), sites=sites,
+                    intervention=_intervention(intervention))
+    StudySettings(**settings)  # every setting checked before the model loads
+    study_pairs = _pairs(pairs, bench, n + held_out, pair_seed, model)
+    check_out(out)  # before the model loads
+    with quiet_libraries():
+        probe = load(model)
+    result = run_localize(probe, study_pairs, out, progress=not quiet, **settings)
+    typer.echo("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}")
+
+

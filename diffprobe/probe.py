@@ -29,6 +29,16 @@ class Generation:
     def __len__(self) -> int:
         return len(self.images)
 
+    def _repr_html_(self) -> str:  # notebooks: the images as a grid (see diffprobe.display)
+        from .display import generation_html
+
+        return generation_html(self)
+
+    def _repr_png_(self) -> bytes:
+        from .display import grid_png
+
+        return grid_png(self.images)
+
 
 class Probe:
     """A diffusers pipeline loaded into nnsight, with its attention sites catalogued.
@@ -103,6 +113,11 @@ class Probe:
         return {
             "sites": [s.label for s in chosen],
             "names": [s.name for s in chosen],
+    def _repr_html_(self) -> str:  # notebooks: the model's facts and its text sites as tables
+        from .display import probe_html
+
+        return probe_html(self)
+
             "localized_params": localized,
             "total_params": total,
             "fraction": localized / total if total else 0.0,

@@ -105,6 +105,11 @@ class SiteCatalogue(Sequence[Site]):
         counts = ", ".join(f"{k}={n}" for k, n in self.counts().items())
         return f"SiteCatalogue({len(self)} sites: {counts})"
 
+    def _repr_html_(self) -> str:  # notebooks: a table of the sites (see diffprobe.display)
+        from .display import catalogue_html
+
+        return catalogue_html(self)
+
     # -- queries -------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -63,12 +63,15 @@ def write_report(
     title: str | None = None,
     counts: xr.Dataset | None = None,
     max_pairs: int = 8,
+    summary: str | list[str] | None = None,
 ) -> Path:
     """Write the self-contained report of sweep results ``ds`` to ``path`` (an ``.html`` file) and return it.
 
     ``metric`` ranks the sites and colours the heatmaps; the ``top_k`` best sites are listed and shown patched in
     the image grid (first seed, at each site's best cell, for the first ``max_pairs`` pairs). ``counts``, a
     layer-count dataset, adds the trade-off curve. ``title`` defaults to ``ds.attrs["title"]``, then the model.
+    ``summary`` (a string, one line per paragraph, or a list of lines) is shown, escaped, at the top: the first
+    line as the headline (``diffprobe.localize`` writes its finding there).
     """
     path = Path(path)
     if top_k < 1 or max_pairs < 1:
@@ -79,6 +82,7 @@ def write_report(
     body = "\n".join(
         [
             _header(ds, title, metric),
+            _summary_section(summary),
             _sites_section(top, metric),
             _figures_section(figures),
             _grid_section(ds, top, metric, max_pairs),
@@ -169,6 +173,16 @@ def _sites_section(top: list[SiteScore], metric: str) -> str:
         f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
         f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td><td class='num'>{s.n}</td>"
         f"<td>{escape(_cell_text(s.best))}</td></tr>"
+def _summary_section(summary: str | list[str] | None) -> str:
+    lines = summary.splitlines() if isinstance(summary, str) else list(summary or ())
+    lines = [str(line) for line in lines if str(line).strip()]
+    if not lines:
+        return ""
+    rest = "".join(f"<li>{escape(line)}</li>" for line in lines[1:])
+    return (f"<section id='summary'><h2>Summary</h2><p><b>{escape(lines[0])}</b></p>"
+            f"{f'<ul>{rest}</ul>' if rest else ''}</section>")
+
+
         for rank, s in enumerate(top, 1)
     )
     return (
