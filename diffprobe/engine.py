@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .attention import MapStore, SiteReader
 from .errors import InterventionError
 from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
 
@@ -36,6 +37,7 @@ class EngineResult:
     images: np.ndarray
     captures: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     capture_steps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    maps: object = None  # diffprobe.attention.MapStore: running sums of attention maps (AttentionMap)
 
 
 def _resolve(envoy, path: str):
@@ -148,7 +150,7 @@ def precompute_injections(probe, plan: Plan) -> dict:
     return out
 
 
-def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, projected) -> None:
+def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, projected, maps=None) -> None:
     n = len(plan.rows)
     for sp in plan.sites:
         if sp.site is None:
@@ -158,10 +160,14 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
             continue
         kv_ops, out_ops = sp.kv_at(step), sp.out_at(step)
         kv_caps, out_caps = sp.cap_at(step, "kv"), sp.cap_at(step, "output")
-        if not (kv_ops or out_ops or kv_caps or out_caps):
+        map_ops = sp.attn_at(step)
+        if not (kv_ops or out_ops or kv_caps or out_caps or map_ops):
             continue
         attn = _resolve(denoiser_env, sp.site.name)
-        if kv_ops or kv_caps:
+        reader = SiteReader(maps, sp.site, map_ops, n) if map_ops else None
+        if reader is not None:
+            reader.before_kv(attn)  # the query (and joint image keys) run before the text K/V
+        if kv_ops or kv_caps or reader is not None:
             for j, sub in enumerate(sp.site.kv):  # keys (j=0), then values (j=1): the order they run in
                 env = getattr(attn, sub)
                 value = env.output
@@ -170,6 +176,10 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
                     env.output = value
                 if kv_caps:
                     _record(store, kv_caps, value, n, sp.site.name, part=j)
+                if reader is not None:
+                    reader.see(j, value)
+        if reader is not None:
+            reader.after_kv(attn, step)  # attention maps from the (edited) K; ReplaceAttention writes to_out.0's input
         head_ops = [op for op in out_ops if op.heads is not None]
         if head_ops:
             # a head's contribution is its slice of the input of the output projection
@@ -215,13 +225,14 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
         sp.site.name for sp in plan.sites
         if sp.site is not None and hasattr(probe.denoiser.get_submodule(sp.site.name), "to_out")
     }
+    maps = MapStore.for_plan(probe, plan, text_len)
     with model.generate(prompts, **kwargs) as tracer:
         if steps:
             for step in tracer.iter[steps]:
-                _apply_step(step, plan, denoiser_env, store, text_len, injected, projected)
+                _apply_step(step, plan, denoiser_env, store, text_len, injected, projected, maps)
         output = model.output.save()
     images = np.asarray(output.images)[: plan.n_variants]
     images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
     captures = {name: {v: torch.stack(ts) for v, ts in per.items()} for name, per in store.items()}
     cap_steps = {name: op.steps for sp in plan.sites for op in sp.cap for name in op.outputs}
-    return EngineResult(images=images, captures=captures, capture_steps=cap_steps)
+    return EngineResult(images=images, captures=captures, capture_steps=cap_steps, maps=maps)

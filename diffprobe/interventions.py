@@ -34,6 +34,8 @@ __all__ = [
     "Ablate",
     "Scale",
     "Capture",
+    "AttentionMap",
+    "ReplaceAttention",
     "resolve_steps",
     "CFG_POLICIES",
     "KINDS",
@@ -242,6 +244,59 @@ class Capture(Intervention):
             object.__setattr__(self, "cfg", "cond")
 
 
+@dataclass(frozen=True)
+class AttentionMap(Intervention):
+    """Capture text-token -> image attention probabilities: softmax(QK^T / sqrt(d)) over the keys the site
+    attends to, image queries x text keys, aggregated on the fly (mean or sum over the chosen sites, steps and
+    heads), so a map over 50 steps costs the memory of one. ``per_step=True`` keeps one map per step.
+
+    Works at every text site: cross (incl. IF added-KV: the text columns of its [text, image] keys), joint
+    (SD3/FLUX: the image-query x text-key block) and FLUX single-stream blocks. Read from the conditional half of
+    CFG unless ``cfg="uncond"``. Capturing never changes the image. See :mod:`diffprobe.attention`.
+    """
+
+    cfg: Literal["both", "cond", "uncond"] = field(default="cond", kw_only=True)
+    reduce: Literal["mean", "sum"] = "mean"
+    per_step: bool = False
+    name: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cfg == "both":
+            raise InterventionError("AttentionMap reads one CFG half: cfg='cond' (default) or 'uncond'.", field="cfg")
+        if self.reduce not in ("mean", "sum"):
+            raise InterventionError(f"AttentionMap reduce={self.reduce!r} unknown; choose 'mean' or 'sum'.")
+        if not isinstance(self.per_step, bool):
+            raise InterventionError(f"AttentionMap per_step must be True or False; got {self.per_step!r}.")
+        if self.name is not None:
+            checks.text(self.name, "AttentionMap.name", InterventionError, allow_empty=False)
+
+    def describe(self) -> str:
+        return "AttentionMap"
+
+
+@dataclass(frozen=True)
+class ReplaceAttention(Intervention):
+    """Prompt-to-prompt (Hertz et al. 2022) word swap: this row's cross-attention probabilities are replaced by
+    those of the run on ``source`` (a clean row of the same batch, same seed and step), while the values stay
+    this row's own: the attention output becomes ``P_source @ V_self``. Applied to the conditional half by
+    default, as in the paper's code; usually for the first part of the steps (``steps=":20"`` of 25).
+    Cross sites whose keys are text only; the two prompts must have the same number of tokens.
+    """
+
+    cfg: Literal["both", "cond", "uncond"] = field(default="cond", kw_only=True)
+    source: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.source is None:
+            raise InterventionError("ReplaceAttention needs source=<prompt>: the prompt whose attention maps to use.")
+        checks.text(self.source, "ReplaceAttention.source", InterventionError)
+
+    def describe(self) -> str:
+        return f"ReplaceAttention(source={self.source!r})"
+
+
 def _check_sites(sites, owner: str) -> None:
     from .sites import Site, SiteCatalogue
 
@@ -332,4 +387,4 @@ def resolve_steps(steps: StepSpec, n_steps: int, owner: str = "intervention") ->
     return tuple(sorted(set(idx)))
 
 
-KINDS.update((cls.__name__.lower(), cls) for cls in (Patch, Inject, Ablate, Scale, Capture))
+KINDS.update((cls.__name__.lower(), cls) for cls in (Patch, Inject, Ablate, Scale, Capture, AttentionMap, ReplaceAttention))

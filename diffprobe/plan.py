@@ -15,10 +15,12 @@ from typing import Union
 
 from . import checks
 from .errors import InterventionError
-from .interventions import Ablate, Capture, Inject, Intervention, Patch, Scale, resolve_steps
+from .interventions import (
+    Ablate, AttentionMap, Capture, Inject, Intervention, Patch, ReplaceAttention, Scale, resolve_steps,
+)
 from .sites import Site, SiteCatalogue
 
-__all__ = ["Variant", "interventions_tuple", "Row", "FromRow", "FromTensor", "Zeros", "KvOp", "capture_name", "OutOp", "CapOp", "SitePlan", "Plan", "make_plan"]
+__all__ = ["Variant", "interventions_tuple", "Row", "FromRow", "FromTensor", "Zeros", "KvOp", "capture_name", "OutOp", "CapOp", "MapOp", "SitePlan", "Plan", "make_plan"]
 
 
 def interventions_tuple(interventions) -> tuple[Intervention, ...]:
@@ -56,7 +58,7 @@ class Variant:
 
     @property
     def clean(self) -> bool:
-        return all(isinstance(i, Capture) for i in self.interventions)
+        return all(isinstance(i, (Capture, AttentionMap)) for i in self.interventions)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,22 @@ class CapOp:
         return (f"{self.name}:k", f"{self.name}:v") if self.what == "kv" else (self.name,)
 
 
+@dataclass(frozen=True)
+class MapOp:
+    """Attention probabilities (image queries x text keys) of ``row`` in ``half`` at ``steps``: accumulated under
+    ``name`` (AttentionMap), or, with ``source``, used to replace those of the source row (ReplaceAttention)."""
+
+    row: int
+    variant: int
+    steps: frozenset[int]
+    halves: tuple[str, ...]
+    heads: tuple[int, ...] | None
+    name: str | None = None
+    reduce: str = "mean"
+    per_step: bool = False
+    source: FromRow | None = None
+
+
 def capture_name(iv: Capture, site: Site | None, n_sites: int) -> str:
     """The one place capture names are made: ``output:cross:3``, ``kv:joint:1``, ``denoiser`` or the user's
     ``name`` (suffixed with the site label when the capture spans several sites)."""
@@ -141,6 +159,7 @@ class SitePlan:
     kv: list[KvOp] = field(default_factory=list)
     out: list[OutOp] = field(default_factory=list)
     cap: list[CapOp] = field(default_factory=list)
+    attn: list[MapOp] = field(default_factory=list)
 
     def kv_at(self, step: int) -> list[KvOp]:
         return [op for op in self.kv if step in op.steps]
@@ -151,6 +170,9 @@ class SitePlan:
     def cap_at(self, step: int, what: str) -> list[CapOp]:
         return [op for op in self.cap if step in op.steps and op.what == what]
 
+    def attn_at(self, step: int) -> list[MapOp]:
+        return [op for op in self.attn if step in op.steps]
+
     @property
     def steps(self) -> set[int]:
         s: set[int] = set()
@@ -158,6 +180,8 @@ class SitePlan:
             s |= op.steps
         for op in self.cap:
             s |= set(op.steps)
+        for op in self.attn:
+            s |= op.steps
         return s
 
 
@@ -270,6 +294,8 @@ def make_plan(
                 elif isinstance(iv, (Scale, Ablate)):
                     factor = 0.0 if isinstance(iv, Ablate) else float(iv.factor)
                     plan.out.append(OutOp(vi, steps, _halves(iv.cfg), heads, factor))
+                elif isinstance(iv, (AttentionMap, ReplaceAttention)):
+                    plan.attn.append(_map_op(iv, vi, v, site, owner, steps, heads, clean_row, len(sites)))
                 elif isinstance(iv, Capture):
                     if iv.what == "kv" and not site.carries_text:
                         raise InterventionError(
@@ -285,6 +311,21 @@ def make_plan(
     if denoiser_plan.cap:
         site_plans.append(denoiser_plan)
     return Plan(rows, len(variants), n_steps, site_plans, injections)
+
+
+def _map_op(iv, vi: int, v: Variant, site: Site, owner: str, steps, heads, clean_row, n_sites: int) -> MapOp:
+    """An attention-map op; refuses sites without text keys, and (ReplaceAttention) sites whose keys are not text only."""
+    if not site.carries_text:
+        raise InterventionError(
+            f"{owner}: {site.label} ({site.name}) is a self-attention site: it has no text keys to map; choose "
+            "cross, joint or single sites (e.g. 'cross:all').", field="sites")
+    if isinstance(iv, AttentionMap):
+        return MapOp(vi, vi, steps, _halves(iv.cfg), heads, iv.name or "attention", iv.reduce, iv.per_step)
+    if site.kind != "cross" or site.kv[0] != "to_k":
+        raise InterventionError(
+            f"{owner}: {site.label} ({site.name}) attends to image and text keys together; prompt-to-prompt "
+            "replaces cross-attention maps whose keys are text only (plain cross sites).", field="sites")
+    return MapOp(vi, vi, steps, _halves(iv.cfg), heads, source=FromRow(clean_row(iv.source, v)))
 
 
 def _kv_source(iv: Intervention, v: Variant, clean_row, injections: dict) -> KvSource:

@@ -1,0 +1,498 @@
+"""Attention maps: where each prompt token lands in the image, computed inside the trace and streamed.
+
+Why. A per-word attention map (DAAM, attention-map-diffusers) is the first thing a researcher wants to see at the
+layers that write the text. Those tools keep a map per step and layer and run out of memory on long runs, one
+prompt at a time. Here the maps are rows of the same batched trace as every other intervention, and each is added
+into a running sum the moment it is computed: a map over 50 steps costs the memory of one.
+
+What is computed. At each site and step an :class:`~diffprobe.interventions.AttentionMap` names, the engine hands
+this module the tensors the attention processor works from -- the query projection ``to_q``, the text key
+projection (``to_k`` for cross attention, ``add_k_proj`` for IF added-KV and joint attention, the text prefix of
+``to_k`` in FLUX single-stream blocks), after any edit at that site, and, where the processor also attends to image
+keys, the image key projection. From them it recomputes the probabilities as the processor does: heads split, the
+module's q/k norms applied (``norm_q``, ``norm_k``, ``norm_added_k``), FLUX's rotary embedding applied, then
+``softmax(Q K^T / sqrt(d))`` over *every key the processor attends to*, keeping the image-query x text-key block.
+So over plain cross attention a query's probabilities sum to 1 over the text tokens; over IF added-KV, joint and
+single-stream attention they sum to the share of attention that goes to text (< 1). Masks the processor receives
+(PixArt's padding mask) are applied the same way. Reading never writes: the image is bit-identical to an
+uncaptured run of the same batch (``tests/test_attention.py``), and the values match a reference built from the
+query and key that ``scaled_dot_product_attention`` itself receives, on the tiny pipeline of every architecture.
+
+Aggregation. Each map (heads selected, summed) is added into one ``(token, query)`` sum per capture, sample and
+image-token count; sites of different resolutions are combined after the run by bilinear upsampling to the finest
+grid (linear, so the mean of upsampled maps is the upsampled mean). ``per_step=True`` keeps one sum per step.
+
+Prompt-to-prompt. :class:`~diffprobe.interventions.ReplaceAttention` uses the same computation on the *source* row
+and writes ``P_source @ V_self`` into the input of the site's output projection (``to_out.0``) -- the attention
+output the row would have with the source's probabilities and its own values (Hertz et al., 2022, word swap).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .errors import InterventionError
+from .plan import MapOp, Plan, Variant
+
+__all__ = ["AttentionResult", "attend", "run", "word_maps", "token_table", "overlay_figure", "overlay_png",
+           "SUPPORTED_PROCESSORS"]
+
+#: the diffusers attention processors whose probabilities this module recomputes (checked before a run)
+SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnAddedKVProcessor2_0", "JointAttnProcessor2_0", "FluxAttnProcessor")
+_MAX_LOGITS = 2 ** 24  # floats per chunk of queries when the softmax runs over image keys too
+
+
+# -- in the trace -------------------------------------------------------------------------------------------------
+def _layout(site, family: str) -> str:
+    if site.kind == "single":
+        return "single"
+    if site.kind == "joint":
+        return "joint_flux" if family == "flux" else "joint"
+    return "added" if site.kv[0] == "add_k_proj" else "cross"
+
+
+def _apply_norm(module, x: torch.Tensor) -> torch.Tensor:
+    # the class's forward, not module(x): calling a module inside an nnsight trace would be taken for a model call
+    return x if module is None else type(module).forward(module, x)
+
+
+def _rope(x: torch.Tensor, rope, lo: int, hi: int) -> torch.Tensor:
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    if rope is None:
+        return x
+    return apply_rotary_emb(x, (rope[0][lo:hi], rope[1][lo:hi]), sequence_dim=1)
+
+
+def probabilities(q: torch.Tensor, keys: torch.Tensor, text: slice, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias)`` over all ``keys``, keeping the ``text`` key columns.
+
+    ``q``: (row, query, head, dim), ``keys``: (row, key, head, dim), ``bias``: (row, 1, 1, key) or None.
+    Returns (row, head, query, token), float32. Queries are taken in chunks so the logits stay small."""
+    q, keys = q.float(), keys.float()
+    rows, n, heads, dim = q.shape
+    chunk = max(1, _MAX_LOGITS // max(1, rows * heads * keys.shape[1]))
+    out = []
+    for a in range(0, n, chunk):
+        logits = torch.einsum("rnhd,rshd->rhns", q[:, a:a + chunk], keys) / math.sqrt(dim)
+        if bias is not None:
+            logits = logits + bias
+        out.append(torch.softmax(logits, dim=-1)[..., text])
+    return torch.cat(out, dim=2)
+
+
+@dataclass
+class _Group:
+    total: torch.Tensor  # (token, query)
+    count: int = 0
+
+
+@dataclass
+class MapStore:
+    """Per run: the modules behind each mapped site, and the running sums ``(name, variant) -> key -> _Group``."""
+
+    modules: dict
+    family: str
+    text_len: int | None
+    sums: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # (name, variant) -> MapOp (reduce, per_step, heads)
+    sites: dict = field(default_factory=dict)     # name -> site labels
+    steps: dict = field(default_factory=dict)     # name -> steps
+
+    @classmethod
+    def for_plan(cls, probe, plan: Plan, text_len: int | None) -> "MapStore | None":
+        mapped = [sp for sp in plan.sites if sp.attn]
+        if not mapped:
+            return None
+        modules = {}
+        for sp in mapped:
+            module = probe.denoiser.get_submodule(sp.site.name)
+            proc = type(getattr(module, "processor", None)).__name__
+            if proc not in SUPPORTED_PROCESSORS:
+                raise InterventionError(
+                    f"attention maps at {sp.site.label} ({sp.site.name}): its processor {proc} is not one diffprobe "
+                    f"recomputes ({', '.join(SUPPORTED_PROCESSORS)}); reset it with module.set_processor(...).")
+            if getattr(module, "fused_projections", False):
+                raise InterventionError(f"attention maps at {sp.site.label}: fused QKV projections are not supported; "
+                                        "call unfuse_qkv_projections() first.")
+            modules[sp.site.name] = module
+        store = cls(modules, probe.adapter.family, text_len)
+        for sp in mapped:
+            for op in sp.attn:
+                if op.source is None:
+                    store.settings[(op.name, op.variant)] = op
+                    store.sites.setdefault(op.name, []).append(sp.site.label)
+                    store.steps.setdefault(op.name, set()).update(op.steps)
+        return store
+
+
+class SiteReader:
+    """The tensors one site hands over at one step, read in the order the processor computes them."""
+
+    def __init__(self, store: MapStore, site, ops: Sequence[MapOp], n_rows: int):
+        self.store, self.site, self.ops, self.n_rows = store, site, list(ops), n_rows
+        self.module = store.modules[site.name]
+        self.layout = _layout(site, store.family)
+        self.kv: dict[int, torch.Tensor] = {}
+        self.kwargs: dict = {}
+        self.k_image: torch.Tensor | None = None
+
+    def before_kv(self, attn) -> None:
+        """Read what runs before the text K/V: the call's keyword inputs (mask, rotary), ``to_q``, joint image keys."""
+        if self.layout in ("cross", "added", "joint_flux", "single"):
+            self.kwargs = dict(attn.inputs[1])
+        self.q = attn.to_q.output
+        if self.layout in ("joint", "joint_flux"):
+            self.k_image = attn.to_k.output
+
+    def see(self, j: int, value: torch.Tensor) -> None:
+        """The text keys (j=0) or values (j=1) after any edit at this site."""
+        self.kv[j] = value
+
+    def after_kv(self, attn, step: int) -> None:
+        from .engine import _offsets
+
+        if self.layout == "added" and not getattr(self.module, "only_cross_attention", False):
+            self.k_image = attn.to_k.output
+        offs = _offsets(self.q.shape[0], self.n_rows, self.site.name)
+        rows = sorted({offs[h] + r for op in self.ops for h in op.halves if h in offs
+                       for r in ((op.row,) if op.source is None else (op.row, op.source.row))})
+        if not rows:
+            return
+        probs = dict(zip(rows, self._probabilities(rows)))
+        replace = [op for op in self.ops if op.source is not None]
+        for op in self.ops:
+            if op.source is None:
+                self._accumulate(op, probs, offs, step)
+        if replace:
+            self._replace(attn, replace, probs, offs)
+
+    # -- helpers --------------------------------------------------------------
+    def _probabilities(self, rows: list[int]) -> torch.Tensor:
+        m, heads, layout = self.module, self.site.heads, self.layout
+        idx = torch.tensor(rows, device=self.q.device)
+        split = lambda t: t.index_select(0, idx).unflatten(-1, (heads, -1))  # noqa: E731
+        q, bias = split(self.q), None
+        if layout == "cross":  # AttnProcessor2_0: norms (if any) on the split heads, text keys only
+            q = _apply_norm(getattr(m, "norm_q", None), q)
+            keys, text = _apply_norm(getattr(m, "norm_k", None), split(self.kv[0])), slice(None)
+            bias = self._bias(idx, keys.shape[1])
+        elif layout == "added":  # AttnAddedKVProcessor2_0: keys are [text, image] unless only_cross_attention
+            keys = k_text = split(self.kv[0])
+            text = slice(0, k_text.shape[1])
+            if self.k_image is not None:
+                keys = torch.cat([k_text, split(self.k_image)], dim=1)
+            bias = self._bias(idx, keys.shape[1])
+        elif layout in ("joint", "joint_flux"):
+            k_text = _apply_norm(m.norm_added_k, split(self.kv[0]))
+            k_img = _apply_norm(m.norm_k, split(self.k_image))
+            q = _apply_norm(m.norm_q, q)
+            t, n = k_text.shape[1], k_img.shape[1]
+            if layout == "joint_flux":  # [text, image] positions, as the processor concatenates them
+                rope = self.kwargs.get("image_rotary_emb")
+                q, k_img, k_text = _rope(q, rope, t, t + n), _rope(k_img, rope, t, t + n), _rope(k_text, rope, 0, t)
+            keys, text = torch.cat([k_text, k_img], dim=1), slice(0, t)
+        else:  # single-stream: one [text, image] sequence
+            t = self.store.text_len
+            rope = self.kwargs.get("image_rotary_emb")
+            keys = _rope(_apply_norm(m.norm_k, split(self.kv[0])), rope, 0, None)
+            q = _rope(_apply_norm(m.norm_q, q), rope, 0, None)[:, t:]
+            text = slice(0, t)
+        return probabilities(q, keys, text, bias)
+
+    def _bias(self, idx: torch.Tensor, n_keys: int) -> torch.Tensor | None:
+        mask = self.kwargs.get("attention_mask")
+        if mask is None:
+            return None
+        if self.layout == "added" or mask.numel() != self.q.shape[0] * n_keys:
+            raise InterventionError(f"attention maps at {self.site.label}: an attention mask of shape "
+                                    f"{tuple(mask.shape)} is not supported here.")
+        mask = mask.reshape(self.q.shape[0], 1, 1, n_keys).index_select(0, idx)
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+        return mask.float()
+
+    def _accumulate(self, op: MapOp, probs: dict, offs: dict, step: int) -> None:
+        sums = self.store.sums.setdefault((op.name, op.variant), {})
+        for half in op.halves:
+            if half not in offs:
+                continue
+            p = probs[offs[half] + op.row]  # (head, query, token)
+            if op.heads is not None:
+                p = p[list(op.heads)]
+            key = (step, p.shape[1]) if op.per_step else p.shape[1]
+            group = sums.get(key)
+            if group is None:
+                group = sums[key] = _Group(torch.zeros(p.shape[2], p.shape[1]))
+            group.total += p.sum(0).T
+            group.count += p.shape[0]
+
+    def _replace(self, attn, ops: Sequence[MapOp], probs: dict, offs: dict) -> None:
+        proj = attn.to_out[0]
+        x = proj.input
+        new = x.clone()
+        heads = self.site.heads
+        for op in ops:
+            for half in op.halves:
+                if half not in offs:
+                    continue
+                dst, src = offs[half] + op.row, offs[half] + op.source.row
+                p_src = probs[src]
+                v = self.kv[1][dst].unflatten(-1, (heads, -1)).float()  # (token, head, dim)
+                if p_src.shape[2] != v.shape[0]:
+                    raise InterventionError(f"ReplaceAttention at {self.site.label}: the source has {p_src.shape[2]} "
+                                            f"text tokens, this row {v.shape[0]}.")
+                out = torch.einsum("hnt,thd->nhd", p_src, v).to(x.dtype)
+                chosen = list(range(heads)) if op.heads is None else list(op.heads)
+                view = new[dst].view(new.shape[1], heads, -1)
+                view[:, chosen] = out[:, chosen]
+        proj.input = new
+
+
+# -- after the run --------------------------------------------------------------------------------------------------
+def _grid(n: int, height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of ``n`` image tokens laid out row-major over an image of ``height`` x ``width``."""
+    best = None
+    for h in range(1, n + 1):
+        if n % h == 0:
+            err = abs(math.log((h / (n // h)) / (height / width)))
+            if best is None or err < best[0]:
+                best = (err, h, n // h)
+    if best is None or best[0] > 0.01:
+        raise InterventionError(f"cannot lay {n} image tokens out as a {height}x{width} image's grid.")
+    return best[1], best[2]
+
+
+def _combine(groups: dict, height: int, width: int, reduce: str) -> np.ndarray:
+    """Upsample each resolution's sum to the finest grid and add; divide by the count for a mean."""
+    import torch.nn.functional as F
+
+    finest = max(groups)
+    size = _grid(finest, height, width)
+    total, count = None, 0
+    for n, g in groups.items():
+        grid = g.total.reshape(g.total.shape[0], *_grid(n, height, width))
+        if grid.shape[1:] != size:
+            grid = F.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
+        total = grid if total is None else total + grid
+        count += g.count
+    return (total / count if reduce == "mean" else total).numpy()
+
+
+def label_maps(store: MapStore | None, plan: Plan, images: np.ndarray, tokens: dict[int, list] | None = None
+               ) -> dict[str, xr.DataArray]:
+    """One DataArray per capture name, dims (sample, token, y, x) (or (sample, step, token, y, x) per step)."""
+    if store is None:
+        return {}
+    height, width = images.shape[1:3]
+    out = {}
+    for name in dict.fromkeys(n for n, _ in store.settings):
+        variants = sorted(v for n, v in store.settings if n == name)
+        op = store.settings[(name, variants[0])]
+        arrays, steps = [], sorted(store.steps[name])
+        for v in variants:
+            sums = store.sums.get((name, v), {})
+            if op.per_step:
+                arrays.append(np.stack([_combine({n: g for (s, n), g in sums.items() if s == step}, height, width,
+                                                 op.reduce) for step in steps]))
+            else:
+                arrays.append(_combine(sums, height, width, op.reduce))
+        data = np.stack(arrays)
+        dims = ("sample", "step", "token", "y", "x") if op.per_step else ("sample", "token", "y", "x")
+        coords = {"sample": variants, "token": np.arange(data.shape[-3]),
+                  "prompt": ("sample", [plan.rows[v].prompt for v in variants])}
+        if op.per_step:
+            coords["step"] = steps
+        if tokens:
+            coords["token_text"] = (("sample", "token"), [_texts(tokens.get(v), data.shape[-3]) for v in variants])
+        attrs = {"sites": list(dict.fromkeys(store.sites[name])), "steps": steps, "reduce": op.reduce,
+                 "heads": "all" if op.heads is None else list(op.heads), "cfg": op.halves[0],
+                 "image_size": [int(height), int(width)],
+                 "description": "text-token -> image attention probabilities (image queries x text keys)"}
+        out[name] = xr.DataArray(data.astype(np.float32), dims=dims, coords=coords, name=name, attrs=attrs)
+    return out
+
+
+def _texts(table, n: int) -> list[str]:
+    texts = [t.text for t in table] if table else []
+    return (texts + [""] * n)[:n]
+
+
+# -- tokens and words ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Token:
+    index: int  # position in the text sequence the denoiser reads
+    text: str
+    start: int  # character span in the prompt ([0, 0) for special tokens)
+    end: int
+    unknown: bool
+
+
+def _segments(pipe, call_kwargs: dict) -> list[tuple[object, int]]:
+    """(tokenizer, offset in the text sequence) for each tokenizer whose tokens the denoiser's text keys hold."""
+    name = type(pipe).__name__
+    if name.startswith("StableDiffusion3"):
+        segs = [(pipe.tokenizer, 0)]
+        if getattr(pipe, "tokenizer_3", None) is not None:
+            segs.append((pipe.tokenizer_3, int(pipe.tokenizer_max_length)))
+        return segs
+    if name.startswith("Flux"):
+        return [(pipe.tokenizer_2, 0)]
+    return [(pipe.tokenizer, 0)]
+
+
+def token_table(probe, prompt: str, n_tokens: int | None = None) -> list[Token]:
+    """The tokens of ``prompt`` as the denoiser's text keys hold them, with their character spans.
+
+    Uses the tokenizer's offsets, so it works for word-level (the embedded glyph model), character-level (the tiny
+    pipelines) and subword tokenizers alike. SD3 holds CLIP tokens then T5 tokens: a word appears in both."""
+    pipe = probe.pipeline
+    kwargs = probe.adapter.call_kwargs(pipe)
+    out: dict[int, Token] = {}
+    for tok, offset in _segments(pipe, kwargs):
+        if not getattr(tok, "is_fast", False):
+            raise InterventionError("word maps need a fast tokenizer (character offsets); index tokens instead.")
+        limit = None if n_tokens is None else n_tokens - offset
+        enc = tok(prompt, return_offsets_mapping=True, truncation=limit is not None, max_length=limit)
+        texts = tok.convert_ids_to_tokens(enc["input_ids"])
+        for i, (tid, text, (a, b)) in enumerate(zip(enc["input_ids"], texts, enc["offset_mapping"])):
+            out[offset + i] = Token(offset + i, text, a, b, tid == tok.unk_token_id and tok.unk_token_id is not None)
+    n = n_tokens or (max(out) + 1 if out else 0)
+    return [out.get(i, Token(i, "", 0, 0, False)) for i in range(n)]
+
+
+def word_tokens(table: Sequence[Token], prompt: str, word: str) -> list[int]:
+    """Indices of the tokens that cover ``word`` (case-insensitive, as a whole word where possible) in ``prompt``."""
+    if not isinstance(word, str) or not word.strip():
+        raise InterventionError(f"a word to map must be a non-empty string; got {word!r}.", field="words")
+    spans = [m.span() for m in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(word)}(?![0-9A-Za-z])", prompt, re.I)]
+    spans = spans or [m.span() for m in re.finditer(re.escape(word), prompt, re.I)]
+    if not spans:
+        words = sorted(set(re.findall(r"[0-9A-Za-z]+", prompt)))
+        raise InterventionError(f"{word!r} is not in the prompt {prompt!r}; its words are {', '.join(words)}.",
+                                field="words")
+    hits = [t.index for t in table if t.end > t.start and any(t.start < b and a < t.end for a, b in spans)]
+    if not hits:
+        raise InterventionError(f"{word!r} has no token in the text the model reads (truncated?).", field="words")
+    return hits
+
+
+def word_maps(maps: xr.DataArray, table_of: dict[int, Sequence[Token]], words: Sequence[str]) -> xr.DataArray:
+    """(sample, word, y, x): each word's probability mass, the sum over its tokens (``table_of``: sample -> tokens)."""
+    data, token_ids = [], []
+    for s, prompt in zip(maps["sample"].values, maps["prompt"].values):
+        rows, ids = [], []
+        for w in words:
+            idx = word_tokens(table_of[int(s)], str(prompt), w)
+            rows.append(maps.sel(sample=s).isel(token=idx).sum("token").values)
+            ids.append(",".join(map(str, idx)))
+        data.append(np.stack(rows))
+        token_ids.append(ids)
+    return xr.DataArray(
+        np.stack(data), dims=("sample", "word", "y", "x"),
+        coords={"sample": maps["sample"].values, "word": list(words), "prompt": ("sample", maps["prompt"].values),
+                "tokens": (("sample", "word"), token_ids)},
+        name="word_attention", attrs={**maps.attrs, "word_reduce": "sum over the word's tokens"})
+
+
+# -- running ----------------------------------------------------------------------------------------------------------
+def run(probe, variants: Sequence[Variant], *, steps: int, guidance=None, height=None, width=None):
+    """:meth:`Probe.run` that also returns the attention maps: ``(Generation, {name: DataArray})``."""
+    from . import checks
+    from .captures import label_captures
+    from .engine import run_plan
+    from .plan import make_plan
+    from .probe import Generation
+
+    probe._require_weights()
+    guidance = probe.defaults.get("guidance") if guidance is None else guidance
+    height = probe.defaults.get("height") if height is None else height
+    width = probe.defaults.get("width") if width is None else width
+    steps = checks.integer(steps, "steps", InterventionError, lo=1)
+    plan = make_plan(list(variants), probe.sites, steps, supports_inject=probe.adapter.supports_inject)
+    result = run_plan(probe, plan, guidance=guidance, height=height, width=width)
+    tables = {}
+    if result.maps is not None:
+        n_tok = {v: g.total.shape[0] for (_, v), sums in result.maps.sums.items() for g in sums.values()}
+        tables = {v: token_table(probe, plan.rows[v].prompt, n) for v, n in n_tok.items()}
+    maps = label_maps(result.maps, plan, result.images, tables)
+    gen = Generation(images=result.images, captures=label_captures(result, plan))
+    return gen, maps, tables
+
+
+@dataclass
+class AttentionResult:
+    """Images (uint8, sample x y x x x rgb), token maps (sample, token, y, x) and, if words were given, word maps."""
+
+    images: np.ndarray
+    maps: xr.DataArray
+    words: xr.DataArray | None = None
+    tokens: dict = field(default_factory=dict)
+
+    def figure(self, sample: int = 0, word: str | None = None):
+        """A plotly overlay of one word's map (the first word by default) on the sample's image."""
+        if self.words is None:
+            raise InterventionError("no words were mapped; pass words=[...] to attend().", field="words")
+        word = word or str(self.words["word"].values[0])
+        return overlay_figure(self.images[sample], self.words.sel(word=word).isel(sample=sample).values,
+                              f"{word}: {self.words['prompt'].values[sample]}")
+
+
+def attend(probe, prompts: str | Sequence[str], *, steps: int, words: Sequence[str] | None = None,
+           sites="cross:all", window=None, heads=None, seed: int = 0, per_step: bool = False, reduce: str = "mean",
+           interventions=(), guidance=None, height=None, width=None) -> AttentionResult:
+    """Generate ``prompts`` and map where each token (and each of ``words``) lands, at ``sites`` over the step
+    ``window`` (default: every step) and ``heads`` (default: all), averaged on the fly.
+
+    ``words`` map to their tokens through the tokenizer's offsets; a word's map is the sum over its tokens."""
+    from .interventions import AttentionMap
+    from .plan import interventions_tuple
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(words, str):
+        words = [words]
+    cap = AttentionMap(sites=sites, steps=window, heads=heads, per_step=per_step, reduce=reduce, name="attention")
+    extra = interventions_tuple(interventions)
+    variants = [Variant(p, (*extra, cap), seed) for p in prompts]
+    gen, maps, tables = run(probe, variants, steps=steps, guidance=guidance, height=height, width=width)
+    da = maps["attention"]
+    wm = word_maps(da, tables, words) if words and not per_step else None
+    return AttentionResult(gen.images, da, wm, tables)
+
+
+# -- pictures ---------------------------------------------------------------------------------------------------------
+def upsample(map2d: np.ndarray, height: int, width: int) -> np.ndarray:
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.asarray(map2d, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def overlay_figure(image: np.ndarray, map2d: np.ndarray, title: str = "", opacity: float = 0.55):
+    """The image with the map upsampled (bilinear) to its size on top, as a plotly figure."""
+    import plotly.graph_objects as go
+
+    h, w = image.shape[:2]
+    up = upsample(map2d, h, w)
+    fig = go.Figure([go.Image(z=image), go.Heatmap(z=up, opacity=opacity, colorscale="Inferno", showscale=True,
+                                                   hovertemplate="x %{x}, y %{y}: %{z:.3f}<extra></extra>")])
+    scale = max(1, 480 // w)
+    fig.update_layout(title=title, width=w * scale + 160, height=h * scale + 120,
+                      margin=dict(l=20, r=20, t=50, b=20), yaxis=dict(autorange="reversed", scaleanchor="x"))
+    return fig
+
+
+def overlay_png(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """A static overlay (uint8): the map, normalized to its maximum, tints the image red-yellow."""
+    h, w = image.shape[:2]
+    m = upsample(map2d, h, w)
+    m = m / m.max() if m.max() > 0 else m
+    heat = np.stack([np.ones_like(m), m, np.zeros_like(m)], -1) * 255.0
+    a = (alpha * m)[..., None]
+    return np.clip(image * (1 - a) + heat * a, 0, 255).astype(np.uint8)
