@@ -37,8 +37,9 @@ sysdeps:
 test: install
 	$(PY) -m pytest -q tests
 
+# The localization study on the embedded model (docs/localize.md); rerunning resumes.
 demo: install
-	$(VENV)/bin/diffprobe demo --out demo_out
+	$(VENV)/bin/diffprobe localize --model glyph --bench glyph --n 8 --held-out 4 --steps 25 --top 3 --out demo_out
 
 bench: install
 	$(PY) benchmarks/bench_interventions.py

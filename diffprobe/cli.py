@@ -360,7 +360,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
 ):
-    """The main job on the embedded model: a layer sweep, a t_s sweep and the layer-count trade-off, with a report."""
+    """The paper's study on the embedded model: `diffprobe localize --bench glyph` with the demo's small settings."""
     from .demo import run_demo
 
     _quiet_libraries()
