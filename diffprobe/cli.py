@@ -368,23 +368,6 @@ def demo(
     run_demo(out, n=n, quiet=quiet)
 
 
-def main() -> int:
-    """The console entry point: exit 0 on success, 2 on a refused input, 130 on Ctrl-C (never a traceback)."""
-    import click
-
-    try:
-        code = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        sys.stderr.write("\ninterrupted; nothing was lost (a sweep keeps its finished batches: rerun to resume).\n")
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return code if isinstance(code, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 @app.command()
 @_guard
 def localize(
@@ -446,3 +429,20 @@ def localize(
     typer.echo("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}")
 
 
+def main() -> int:
+    """The console entry point: exit 0 on success, 2 on a refused input, 130 on Ctrl-C (never a traceback)."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.stderr.write("\ninterrupted; nothing was lost (a sweep keeps its finished batches: rerun to resume).\n")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
