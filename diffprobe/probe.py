@@ -104,6 +104,11 @@ class Probe:
     def __repr__(self) -> str:
         return f"Probe({self.name!r}, {type(self.denoiser).__name__}, {self.sites!r})"
 
+    def _repr_html_(self) -> str:  # notebooks: the model's facts and its text sites as tables
+        from .display import probe_html
+
+        return probe_html(self)
+
     # -- counting ------------------------------------------------------------
     def count(self, sites: str | Sequence = "cross:all") -> dict:
         """Text K/V parameters of a site selection, the denoiser's total, and the fraction."""
@@ -113,11 +118,6 @@ class Probe:
         return {
             "sites": [s.label for s in chosen],
             "names": [s.name for s in chosen],
-    def _repr_html_(self) -> str:  # notebooks: the model's facts and its text sites as tables
-        from .display import probe_html
-
-        return probe_html(self)
-
             "localized_params": localized,
             "total_params": total,
             "fraction": localized / total if total else 0.0,

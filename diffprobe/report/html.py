@@ -167,12 +167,6 @@ def _header(ds: xr.Dataset, title: str, metric: str) -> str:
     return f'<header><h1>{escape(title)}</h1><div class="facts">{items}</div></header>'
 
 
-def _sites_section(top: list[SiteScore], metric: str) -> str:
-    better = "lowest" if lower_is_better(metric) else "highest"
-    rows = "".join(
-        f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
-        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td><td class='num'>{s.n}</td>"
-        f"<td>{escape(_cell_text(s.best))}</td></tr>"
 def _summary_section(summary: str | list[str] | None) -> str:
     lines = summary.splitlines() if isinstance(summary, str) else list(summary or ())
     lines = [str(line) for line in lines if str(line).strip()]
@@ -183,6 +177,12 @@ def _summary_section(summary: str | list[str] | None) -> str:
             f"{f'<ul>{rest}</ul>' if rest else ''}</section>")
 
 
+def _sites_section(top: list[SiteScore], metric: str) -> str:
+    better = "lowest" if lower_is_better(metric) else "highest"
+    rows = "".join(
+        f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
+        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td><td class='num'>{s.n}</td>"
+        f"<td>{escape(_cell_text(s.best))}</td></tr>"
         for rank, s in enumerate(top, 1)
     )
     return (
