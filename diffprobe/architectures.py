@@ -109,6 +109,9 @@ class Adapter:
     def site_kv(self, denoiser: torch.nn.Module, site: Site, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The text K/V a cross/added-KV site computes from text states (``encode`` output)."""
         attn = denoiser.get_submodule(site.name)
+        weight = getattr(attn, site.kv[0]).weight
+        if weight.device.type != "meta":  # sequential offload keeps weights on meta; its hooks move inputs
+            states = states.to(weight.device)  # model offload leaves the weights on the CPU between calls
         if getattr(attn, "norm_cross", None) is not None:
             states = attn.norm_encoder_hidden_states(states)
         return getattr(attn, site.kv[0])(states), getattr(attn, site.kv[1])(states)
@@ -135,20 +138,23 @@ class UNetAdapter(Adapter):
         return kwargs
 
     def encode(self, pipeline, prompts, negatives):
+        from .devices import _execution_device
+
         name = type(pipeline).__name__
+        device = _execution_device(pipeline)
         with torch.no_grad():
             if name.startswith("IF"):
                 cond, uncond = pipeline.encode_prompt(
                     prompts, do_classifier_free_guidance=True, negative_prompt=negatives,
-                    device=pipeline.device, clean_caption=False,
+                    device=device, clean_caption=False,
                 )
             elif "XL" in name:
                 cond, uncond, _, _ = pipeline.encode_prompt(
-                    prompts, device=pipeline.device, do_classifier_free_guidance=True, negative_prompt=negatives,
+                    prompts, device=device, do_classifier_free_guidance=True, negative_prompt=negatives,
                 )
             else:
                 cond, uncond = pipeline.encode_prompt(
-                    prompts, pipeline.device, 1, True, negative_prompt=negatives,
+                    prompts, device, 1, True, negative_prompt=negatives,
                 )
             unet = pipeline.unet
             cond = unet.process_encoder_hidden_states(cond, {})

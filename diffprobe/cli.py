@@ -35,7 +35,8 @@ OPTION_OF = {
     "grouping": "--grouping", "counts": "--counts", "t_starts": "--t-start", "heads": "--heads",
     "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
     "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
-    "threads": "--threads", "n": "--n", "config": "--config",
+    "threads": "--threads", "n": "--n", "config": "--config", "device": "--device", "dtype": "--dtype",
+    "offload": "--offload",
 }
 
 
@@ -99,6 +100,14 @@ def _ints(text: Optional[str], field: str) -> Optional[tuple[int, ...]]:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
         raise SpecError(f"takes comma-separated integers such as 0,2,4; got {text!r}.", field=field) from None
+
+
+def _batch_size(text: Optional[str]):
+    """An integer, or the text as typed ('auto'; anything else the spec refuses with the fix)."""
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return text
 
 
 def _intervention(text: Optional[str]):
@@ -230,7 +239,13 @@ def sweep(
     per_head: bool = typer.Option(False, "--per-head", help="Sweep each of --heads separately."),
     metrics: Optional[str] = typer.Option(None, help="Comma-separated metric names (see `diffprobe metrics`)."),
     guidance: Optional[float] = typer.Option(None, help="CFG guidance scale (default: the pipeline's)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Variants per pipeline call (default 8)."),
+    batch_size: Optional[str] = typer.Option(
+        None, "--batch-size", help="Variants per pipeline call (default 8), or 'auto': the largest call that fits, "
+        "found by halving on out-of-memory (units of 64 on a GPU, 8 on the CPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA, then MPS, then CPU; default), cpu, cuda, cuda:1, mps."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="auto (default: float32 on the CPU; float16 for SD1.x/SDXL/IF, bfloat16 for SD3/FLUX on a GPU), "
+        "float32, float16, bfloat16."),
     grouping: Optional[str] = typer.Option(None, help="each (one site at a time) or cumulative (with --counts)."),
     counts: Optional[str] = typer.Option(None, help="For --grouping cumulative: 1,2,3,10."),
     config: Optional[Path] = typer.Option(None, "--config", help="Experiment spec TOML; other options override it."),
@@ -255,7 +270,8 @@ def sweep(
         model=model, sites=sites, intervention=_intervention(intervention), steps=steps,
         t_starts=_ints(t_start, "t_starts"), seeds=_ints(seeds, "seeds"),
         heads=_ints(heads, "heads"), per_head=per_head or None,
-        metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=batch_size,
+        metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=_batch_size(batch_size),
+        device=device, dtype=dtype,
         grouping=grouping, counts=_ints(counts, "counts"),
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
@@ -274,7 +290,9 @@ def _run_with_progress(spec, out: Path, quiet: bool):
 
     console = Console(stderr=True, quiet=quiet)
     console.print(f"loading {spec.model} ...")
-    probe = load(spec.model)
+    probe = load(spec.model, device=spec.device, dtype=spec.dtype)
+    console.print("runs on " + ", ".join(f"{k} {v}" for k, v in probe.runtime.items() if k != "device_type"),
+                  markup=False)
     if not quiet:  # the pipeline's own per-step bar, for long runs
         probe.pipeline.set_progress_bar_config(disable=False, leave=False, desc="denoising", unit="step")
     console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {json.dumps(spec.intervention)}, {spec.steps} steps "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .devices import _execution_device
 from .attention import MapStore, SiteReader
 from .errors import InterventionError
 from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
@@ -202,7 +203,7 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     """Execute a plan in one traced pipeline call; returns images for the plan's variants."""
     model, adapter, pipe = probe.model, probe.adapter, probe.pipeline
     injected = precompute_injections(probe, plan)
-    device = pipe.device
+    device = _execution_device(pipe)  # with CPU offload the weights sit on the CPU; the noise is drawn where it runs
     kwargs = adapter.call_kwargs(pipe)
     kwargs.update(
         num_inference_steps=plan.n_steps, output_type="np",

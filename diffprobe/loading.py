@@ -17,13 +17,16 @@ run arbitrary code when unpickled, so they are refused with the conversion comma
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .devices import resolve_device, resolve_dtype
 from .errors import ModelLoadError, did_you_mean
 from .zoo.meta import META_CONFIGS, meta_denoiser
 
@@ -68,7 +71,13 @@ def _default_model_dir() -> Path:
     return path
 
 
-def _nnsight_model(source: Any, dtype, device) -> Any:
+OFFLOADS = ("model", "sequential")
+
+
+def _nnsight_model(source: Any, dtype, device, offload: str | None = None) -> Any:
+    """nnsight's DiffusionModel around a pipeline (a folder, a hub id, or a pipeline object), placed on
+    ``device`` in ``dtype``, with diffusers' CPU offload when asked. diffusers' offload hooks rewrite
+    ``forward``, so they are installed before nnsight wraps the pipeline."""
     from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 
     class _ObjectDiffusionModel(DiffusionModel):
@@ -78,19 +87,52 @@ def _nnsight_model(source: Any, dtype, device) -> Any:
             self.pipeline = repo_id
             return _PipelineModule(repo_id)
 
-    if not isinstance(source, (str, Path)):
-        if dtype is not None or device is not None:
-            source.to(device=device, dtype=dtype)
-        return _ObjectDiffusionModel(source, dispatch=True)
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    model = DiffusionModel(str(source), dispatch=True, use_safetensors=True, **kwargs)
-    if device is not None:
+    if isinstance(source, (str, Path)) and offload is None:
+        with _quiet_rename():
+            model = DiffusionModel(str(source), dispatch=True, use_safetensors=True, **kwargs)
         model.pipeline.to(device)
-    return model
+        return model
+    if isinstance(source, (str, Path)):
+        from diffusers import DiffusionPipeline
+
+        with _quiet_rename():
+            source = DiffusionPipeline.from_pretrained(str(source), use_safetensors=True, **kwargs)
+    elif dtype is not None:
+        source.to(dtype=dtype)
+    if offload is None:
+        source.to(device)
+    else:
+        _offload(source, offload, device)
+    return _ObjectDiffusionModel(source, dispatch=True)
 
 
-def _check_pipeline_folder(path: Path, shown: str) -> None:
-    """Refuse, before diffusers runs, a folder that is not a stock pipeline with safetensors weights."""
+@contextlib.contextmanager
+def _quiet_rename():
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` with a FutureWarning; older releases (>= 0.35,
+    our lower bound) know only ``torch_dtype``, so keep it and hush that one warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated.*", category=FutureWarning)
+        yield
+
+
+def _offload(pipeline, offload: str, device) -> None:
+    """diffusers' CPU offload: weights wait on the CPU and move to ``device`` when their component runs
+    ("model": whole components, little slower; "sequential": submodule by submodule, slowest, least memory)."""
+    try:
+        if offload == "model":
+            pipeline.enable_model_cpu_offload(device=device)
+        else:
+            pipeline.enable_sequential_cpu_offload(device=device)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"offload={offload!r} could not be enabled ({type(exc).__name__}: {exc}); it needs "
+                             "the accelerate package and a device to offload to.", field="offload") from None
+    pipeline._diffprobe_offload = offload
+
+
+def _check_pipeline_folder(path: Path, shown: str) -> str:
+    """Refuse, before diffusers runs, a folder that is not a stock pipeline with safetensors weights;
+    returns the pipeline class it names."""
     import diffusers
 
     index_file = path / "model_index.json"
@@ -131,13 +173,16 @@ def _check_pipeline_folder(path: Path, shown: str) -> None:
                 f"{shown}: {component}/{pickles[0]} is a pickle checkpoint and there is no .safetensors file "
                 "beside it. diffprobe refuses pickles: unpickling can run arbitrary code. " + _CONVERT
             )
+    return str(class_name)
 
 
-def _load_local(path: Path, dtype, device, shown: str | None = None):
+def _load_local(path: Path, placement: dict, shown: str | None = None):
     shown = shown or str(path)
-    _check_pipeline_folder(path, shown)
+    pipeline_class = _check_pipeline_folder(path, shown)
+    device = resolve_device(placement["device"])
+    dtype = resolve_dtype(placement["dtype"], device, pipeline_class)
     try:
-        return _nnsight_model(path, dtype, device)
+        return _nnsight_model(path, dtype, device, placement["offload"])
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(f"Could not load the pipeline in {shown}: {type(exc).__name__}: {first}") from None
@@ -161,12 +206,12 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return folder if (folder / "model_index.json").exists() else None
 
 
-def _load_hub(repo_id: str, dtype, device):
+def _load_hub(repo_id: str, placement: dict):
     from huggingface_hub import constants
 
     snapshot = _cached_snapshot(repo_id)
     if snapshot is not None:
-        return _load_local(snapshot, dtype, device, shown=f"{repo_id!r} (cached at {snapshot})")
+        return _load_local(snapshot, placement, shown=f"{repo_id!r} (cached at {snapshot})")
     offline = _offline()
     where = (
         f"Could not load {repo_id!r}: it is not a local directory, and its weights are not in the "
@@ -179,14 +224,16 @@ def _load_hub(repo_id: str, dtype, device):
     )
     if offline:
         raise ModelLoadError(where + " (HF_HUB_OFFLINE is set, so the hub was not asked)" + fix) from None
+    device = resolve_device(placement["device"])
+    dtype = resolve_dtype(placement["dtype"], device, None)
     try:
-        return _nnsight_model(repo_id, dtype, device)
+        return _nnsight_model(repo_id, dtype, device, placement["offload"])
     except Exception as exc:  # hub errors are many types; all mean "not here"
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(where + f" and downloading it failed ({type(exc).__name__}: {first})" + fix) from None
 
 
-def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto", offload: str | None = None):
     """Load a text-to-image pipeline into nnsight and return a :class:`~diffprobe.probe.Probe`.
 
     Args:
@@ -194,11 +241,18 @@ def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None
             ``save_pretrained``, an already built ``DiffusionPipeline``, ``"<name>:meta"`` for a
             weightless full-size denoiser (catalogue and counting only), or ``"glyph"`` (the default)
             for the embedded model diffprobe ships.
-        device: where to put the pipeline (default: where it loads, the CPU).
-        dtype: weights dtype (default: as saved; full precision for the tiny and embedded models).
+        device: ``"auto"`` (CUDA, then MPS, then the CPU), or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        dtype: ``"auto"`` (float32 on the CPU; the family's dtype on an accelerator: float16 for SD1.x,
+            SDXL, IF and PixArt, bfloat16 for SD3 and FLUX), ``"float32"``, ``"float16"``, ``"bfloat16"``
+            or a ``torch.dtype``; ``None`` keeps the dtype the weights were saved in.
+        offload: ``None``, ``"model"`` or ``"sequential"``: diffusers' CPU offload for models bigger than
+            the GPU (weights wait on the CPU and move to ``device`` when they run; tracing works through it).
     """
     from .probe import Probe
 
+    if offload is not None and offload not in OFFLOADS:
+        raise ModelLoadError(f"offload={offload!r}: choose None, 'model' or 'sequential'.", field="offload")
+    placement = {"device": device, "dtype": dtype, "offload": offload}
     if isinstance(model, str) and model.endswith(":meta"):
         name = model[: -len(":meta")]
         return Probe.from_denoiser(meta_denoiser(name), name=model)
@@ -206,7 +260,7 @@ def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None
         from .zoo.glyph import HEIGHT, WIDTH
 
         return Probe.from_nnsight(
-            _load_local(_default_model_dir(), dtype, device), name=DEFAULT_MODEL,
+            _load_local(_default_model_dir(), placement), name=DEFAULT_MODEL,
             defaults={"height": HEIGHT, "width": WIDTH},
         )
     if isinstance(model, (str, Path)):
@@ -215,9 +269,9 @@ def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None
             raise ModelLoadError(f"{text!r} is not a model name; pass a hub id, a folder, {DEFAULT_MODEL!r} or a :meta name.")
         path = Path(model).expanduser()
         if path.is_dir():
-            return Probe.from_nnsight(_load_local(path, dtype, device), name=text)
+            return Probe.from_nnsight(_load_local(path, placement), name=text)
         if isinstance(model, str) and is_hub_id(model):
-            return Probe.from_nnsight(_load_hub(model, dtype, device), name=text)
+            return Probe.from_nnsight(_load_hub(model, placement), name=text)
         raise ModelLoadError(
             f"No model at {path.resolve()}: the directory does not exist, and {text!r} is not a hub id "
             f"(owner/name). Pass a folder written by save_pretrained(), a hub id such as "
@@ -227,7 +281,10 @@ def load(model: Any = DEFAULT_MODEL, *, device: str | torch.device | None = None
     from diffusers import DiffusionPipeline
 
     if isinstance(model, DiffusionPipeline):
-        return Probe.from_nnsight(_nnsight_model(model, dtype, device), name=type(model).__name__)
+        resolved = resolve_device(device)
+        # an object keeps its dtype unless one is asked for explicitly
+        target = None if dtype == "auto" else resolve_dtype(dtype, resolved, type(model).__name__)
+        return Probe.from_nnsight(_nnsight_model(model, target, resolved, offload), name=type(model).__name__)
     raise ModelLoadError(
         f"Cannot load a {type(model).__name__}: pass a hub id, a directory, a DiffusionPipeline or '<name>:meta'."
     )

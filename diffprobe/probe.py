@@ -98,6 +98,15 @@ class Probe:
         return h.hexdigest()[:16]
 
     @property
+    def runtime(self) -> dict[str, str]:
+        """Where and how the pipeline runs: device, device_type, dtype, offload and GPU name (empty for meta builds)."""
+        if self.model is None:
+            return {}
+        from .devices import runtime
+
+        return runtime(self.pipeline)
+
+    @property
     def total_params(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
 

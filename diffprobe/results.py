@@ -115,38 +115,52 @@ def _spec_diff(old: dict, new: dict) -> str:
 class Store:
     """Finished batches of one spec, on disk (``root``) or in memory (``root=None``)."""
 
-    def __init__(self, root: Path | None, spec):
+    def __init__(self, root: Path | None, spec, unit: int | None = None):
         self.root, self.spec = root, spec
+        #: variants per stored batch: the spec's batch_size, or the unit chosen for batch_size="auto"
+        self.unit = unit if unit is not None else (spec.batch_size if isinstance(spec.batch_size, int) else 8)
         self._mem: dict[tuple[str, int], xr.Dataset] = {}
 
     @classmethod
-    def open(cls, root, spec, weights: str | None = None, layout: Layout | None = None) -> "Store":
-        """Open (or create) the store of ``spec``; refuse one written by another spec or other weights."""
+    def open(cls, root, spec, weights: str | None = None, layout: Layout | None = None,
+             runtime: dict | None = None, unit: int | None = None) -> "Store":
+        """Open (or create) the store of ``spec``; refuse one written by another spec, other weights, or on
+        another device type or dtype (its numbers would not match). A reopened store keeps its batch unit."""
         if root is None:
-            return cls(None, spec)
+            return cls(None, spec, unit)
         root = Path(root)
         spec_file = root / "spec.json"
         check_out(root)
-        if spec_file.exists():
-            stored = _read_record(spec_file)
-            if stored.get("fingerprint") != spec.fingerprint():
-                raise ResultsError(
-                    f"{root} holds results of a different experiment ({_spec_diff(stored.get('spec', {}), spec.to_dict())}). "
-                    "Choose another output folder, or delete this one to start over."
-                )
-            if weights and stored.get("weights") and stored["weights"] != weights:
-                raise ResultsError(
-                    f"{root} was written with other weights of {spec.model!r} (digest {stored['weights']}, now {weights}): "
-                    "the model changed since. Choose another output folder, or delete this one to recompute."
-                )
-            _remove_stale_temporaries(root)
-        else:
+        if not spec_file.exists():
             record = {"fingerprint": spec.fingerprint(), "weights": weights, "spec": spec.to_dict(),
-                      "layout": layout.to_dict() if layout is not None else None}
+                      "layout": layout.to_dict() if layout is not None else None,
+                      "runtime": runtime, "unit": unit}
             tmp = spec_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(record, indent=1))
             os.replace(tmp, spec_file)
-        return cls(root, spec)
+            return cls(root, spec, unit)
+        stored = _read_record(spec_file)
+        if stored.get("fingerprint") != spec.fingerprint():
+            raise ResultsError(
+                f"{root} holds results of a different experiment ({_spec_diff(stored.get('spec', {}), spec.to_dict())}). "
+                "Choose another output folder, or delete this one to start over."
+            )
+        was, now = stored.get("runtime") or {}, runtime or {}
+        key = ("device_type", "dtype")
+        if was and now and tuple(was.get(k) for k in key) != tuple(now.get(k) for k in key):
+            raise ResultsError(
+                f"{root} was written on {was.get('device_type')} in {was.get('dtype')}, this run is on "
+                f"{now.get('device_type')} in {now.get('dtype')}: the numbers would not match the finished batches. "
+                f"Resume with --device {was.get('device_type')} --dtype {was.get('dtype')}, or choose another --out.",
+                field="out",
+            )
+        if weights and stored.get("weights") and stored["weights"] != weights:
+            raise ResultsError(
+                f"{root} was written with other weights of {spec.model!r} (digest {stored['weights']}, now {weights}): "
+                "the model changed since. Choose another output folder, or delete this one to recompute."
+            )
+        _remove_stale_temporaries(root)
+        return cls(root, spec, stored.get("unit") or unit)
 
     def _path(self, kind: str, i: int) -> Path:
         return self.root / "batches" / f"{kind}-{i:05d}.nc"
@@ -382,4 +396,4 @@ def _reassemble(path: Path) -> xr.Dataset:
             f"{path / 'spec.json'} lacks {exc} (written by an older diffprobe, or damaged); re-run the sweep with "
             "the same spec to rebuild the dataset."
         ) from None
-    return assemble(spec, layout, Store(path, spec))
+    return assemble(spec, layout, Store(path, spec, record.get("unit")))

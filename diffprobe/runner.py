@@ -12,6 +12,7 @@ milliseconds with the spec field (and CLI option) that asked for it, not after t
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -157,19 +158,86 @@ def _run_cells(probe, spec: Experiment, cells: list[Cell], layout: Layout, sourc
     return {"cells": cells, "images": images, "metrics": _score(spec, images, refs, pairs, [p.source_prompt for p in pairs])}
 
 
-def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
-    """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False)."""
+def _probe_for(spec: Experiment, probe):
+    """The probe to run on: the given one (checked against an explicit device/dtype), or ``spec.model`` loaded."""
     from .loading import load
 
+    if probe is None:
+        return load(spec.model, device=spec.device, dtype=spec.dtype)
+    have = probe.runtime
+    if spec.dtype != "auto" and have.get("dtype") != spec.dtype:
+        raise SpecError(f"the probe runs in {have.get('dtype')} but the spec asks for dtype={spec.dtype!r}; load it "
+                        f"with diffprobe.load(..., dtype={spec.dtype!r}) or set dtype='auto'.", field="dtype")
+    if spec.device != "auto" and have.get("device_type") != spec.device.split(":")[0]:
+        raise SpecError(f"the probe runs on {have.get('device')} but the spec asks for device={spec.device!r}; load "
+                        f"it with diffprobe.load(..., device={spec.device!r}) or set device='auto'.", field="device")
+    return probe
+
+
+#: variants per unit of storage for batch_size="auto"
+AUTO_UNIT = {"cuda": 64, "mps": 16, "cpu": 8}
+
+
+class _Sizer:
+    """The largest call that fits: starts at the unit size and halves on an out-of-memory error."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def run(self, items: list, compute: Callable[[list], dict], variants_per_item: int = 1) -> dict:
+        """``compute`` over ``items`` in calls of at most ``size`` variants (a baseline job is 2 variants)."""
+        from .devices import is_out_of_memory
+
+        while True:
+            step = max(1, self.size // variants_per_item)
+            try:
+                parts = [compute(items[i : i + step]) for i in range(0, len(items), step)]
+                return parts[0] if len(parts) == 1 else _concat(parts)
+            except Exception as exc:  # only out-of-memory is retried; everything else propagates
+                if not is_out_of_memory(exc) or step * variants_per_item <= variants_per_item:
+                    raise
+                self.size = max(1, self.size // 2)
+                _free_memory()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _concat(parts: list[dict]) -> dict:
+    """One batch result from the results of its halves (arrays concatenated, lists joined, dicts merged)."""
+    out = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if isinstance(first, dict):
+            out[key] = _concat(values)
+        elif isinstance(first, list):
+            out[key] = [v for part in values for v in part]
+        else:
+            out[key] = np.concatenate(values)
+    return out
+
+
+def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
+    """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False)."""
     if not isinstance(spec, Experiment):
         raise SpecError(f"run takes an Experiment; got {type(spec).__name__}. Build one with Experiment(...).")
-    probe = probe if probe is not None else load(spec.model)
+    probe = _probe_for(spec, probe)
     layout = resolve_layout(spec, probe.sites)
     check_cells(probe, spec, layout)
+    runtime = probe.runtime
+    st = Store.open(store, spec, weights=probe.weights_digest(), layout=layout, runtime=runtime,
+                    unit=spec.batch_size if spec.batch_size != "auto" else AUTO_UNIT.get(runtime["device_type"], 8))
     cells = cells_of(spec, len(layout.groups))
-    base_batches = _chunks(baseline_jobs(spec), max(1, spec.batch_size // 2))
-    cell_batches = _chunks(cells, spec.batch_size)
-    st = Store.open(store, spec, weights=probe.weights_digest(), layout=layout)
+    base_batches = _chunks(baseline_jobs(spec), max(1, st.unit // 2))
+    cell_batches = _chunks(cells, st.unit)
+    sizer = _Sizer(st.unit)
     total = len(base_batches) + len(cell_batches)
     done = 0
 
@@ -180,15 +248,17 @@ def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
     tick()
     for i, batch in enumerate(base_batches):
         if not st.has("base", i):
-            st.write_baseline(i, _run_baselines(probe, spec, batch))
+            st.write_baseline(i, sizer.run(batch, lambda jobs: _run_baselines(probe, spec, jobs), 2))
         done += 1
         tick()
     sources = st.source_images()
     for i, batch in enumerate(cell_batches):
         if not st.has("cell", i):
-            st.write_cells(i, _run_cells(probe, spec, batch, layout, lambda p, s: sources[(p, s)]))
+            st.write_cells(i, sizer.run(batch, lambda part: _run_cells(probe, spec, part, layout,
+                                                                        lambda p, s: sources[(p, s)])))
         done += 1
         tick()
     ds = assemble(spec, layout, st)
+    ds.attrs.update(runtime=json.dumps(runtime), batch_unit=st.unit, batch_size_used=sizer.size)
     st.finalize(ds)
     return ds

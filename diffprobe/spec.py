@@ -88,7 +88,10 @@ class Experiment:
         heads: None (all heads) or head indices; with ``per_head`` each head is a cell of its own.
         seeds, steps, guidance, height, width: generation settings.
         metrics: metric names (see ``diffprobe.metrics.list_metrics()``).
-        batch_size: variants per pipeline call (the unit of progress and of resume).
+        batch_size: variants per pipeline call (the unit of progress and of resume), or "auto": units of 64
+            variants on a GPU (8 on the CPU), each run in the largest call that fits, found by halving on an
+            out-of-memory error and retrying (nothing lost, nothing written twice; the size used is recorded).
+        device, dtype: where the runner loads the model (see :func:`diffprobe.load`): "auto" or explicit.
     """
 
     model: str = "glyph"
@@ -106,8 +109,10 @@ class Experiment:
     height: int | None = None
     width: int | None = None
     metrics: tuple[str, ...] = ()
-    batch_size: int = 8
+    batch_size: int | str = 8
     clip_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
 
     def __post_init__(self):
         for name, check in _FIELD_CHECKS.items():
@@ -261,6 +266,24 @@ def _seeds(values) -> tuple[int, ...]:
     return out
 
 
+def _batch_size(value) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise SpecError(f"batch_size={value!r}: give a positive integer or 'auto'.")
+    return checks.integer(value, "batch_size", SpecError, lo=1)
+
+
+def _dtype(value) -> str:
+    from .devices import DTYPES
+
+    name = checks.text(value, "dtype", SpecError, allow_empty=False).strip().lower().removeprefix("torch.")
+    if name != "auto" and name not in DTYPES:
+        raise SpecError(f"dtype={value!r} unknown; use 'auto', 'float32', 'float16' or 'bfloat16'."
+                        + did_you_mean(name, DTYPES))
+    return "auto" if name == "auto" else str(DTYPES[name]).removeprefix("torch.")
+
+
 #: each field's check, in declaration order; each returns the normalised value or raises a SpecError
 _FIELD_CHECKS = {
     "model": lambda v: checks.text(v, "model", SpecError, allow_empty=False),
@@ -278,6 +301,8 @@ _FIELD_CHECKS = {
     "height": _optional(lambda v: checks.integer(v, "height", SpecError, lo=8)),
     "width": _optional(lambda v: checks.integer(v, "width", SpecError, lo=8)),
     "metrics": _metrics,
-    "batch_size": lambda v: checks.integer(v, "batch_size", SpecError, lo=1),
+    "batch_size": _batch_size,
     "clip_dir": _optional(lambda v: checks.text(v, "clip_dir", SpecError, allow_empty=False)),
+    "device": lambda v: checks.text(v, "device", SpecError, allow_empty=False).strip().lower(),
+    "dtype": _dtype,
 }

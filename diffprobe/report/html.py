@@ -161,6 +161,12 @@ def _header(ds: xr.Dataset, title: str, metric: str) -> str:
     facts["grid"] = " × ".join(f"{d} {n}" for d, n in ds[metric].sizes.items())
     if "done" in ds:
         facts["finished cells"] = f"{int(ds['done'].sum())} of {ds['done'].size}"
+    if ds.attrs.get("runtime"):
+        run = json.loads(ds.attrs["runtime"])
+        facts["ran on"] = f"{run.get('device')} ({run.get('gpu', 'none')}), {run.get('dtype')}" + (
+            f", offload {run['offload']}" if run.get("offload", "none") != "none" else "")
+    if ds.attrs.get("batch_size_used"):
+        facts["batch"] = f"{ds.attrs['batch_size_used']} variants per call (unit {ds.attrs.get('batch_unit')})"
     if ds.encoding.get("source"):
         facts["dataset"] = str(ds.encoding["source"])
     items = "".join(f'<div class="fact"><b>{escape(k)}</b>{escape(str(v))}</div>' for k, v in facts.items())
