@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+from html import escape
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ from .errors import InterventionError
 from .plan import MapOp, Plan, Variant
 
 __all__ = ["AttentionResult", "attend", "run", "word_maps", "token_table", "overlay_figure", "overlay_png",
-           "SUPPORTED_PROCESSORS"]
+           "write_outputs", "SUPPORTED_PROCESSORS"]
 
 #: the diffusers attention processors whose probabilities this module recomputes (checked before a run)
 SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnAddedKVProcessor2_0", "JointAttnProcessor2_0", "FluxAttnProcessor")
@@ -483,7 +484,7 @@ def overlay_figure(image: np.ndarray, map2d: np.ndarray, title: str = "", opacit
     fig = go.Figure([go.Image(z=image), go.Heatmap(z=up, opacity=opacity, colorscale="Inferno", showscale=True,
                                                    hovertemplate="x %{x}, y %{y}: %{z:.3f}<extra></extra>")])
     scale = max(1, 480 // w)
-    fig.update_layout(title=title, width=w * scale + 160, height=h * scale + 120,
+    fig.update_layout(title=escape(title), width=w * scale + 160, height=h * scale + 120,
                       margin=dict(l=20, r=20, t=50, b=20), yaxis=dict(autorange="reversed", scaleanchor="x"))
     return fig
 
@@ -496,3 +497,26 @@ def overlay_png(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.6) -> np.
     heat = np.stack([np.ones_like(m), m, np.zeros_like(m)], -1) * 255.0
     a = (alpha * m)[..., None]
     return np.clip(image * (1 - a) + heat * a, 0, 255).astype(np.uint8)
+
+
+def write_outputs(result: AttentionResult, out, title: str = "diffprobe attention maps"):
+    """DIR/images/*.png, DIR/overlays/*.png (one per sample and word) and DIR/attention.html (self-contained)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .report.html import attention_section, write_page
+
+    out = Path(out)
+    for sub in ("images", "overlays"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(result.images):
+        Image.fromarray(image).save(out / "images" / f"sample{i:03d}.png")
+        if result.words is not None:
+            for j, w in enumerate(result.words["word"].values):
+                safe = re.sub(r"[^0-9A-Za-z_-]+", "_", str(w))[:40] or "word"
+                png = overlay_png(image, result.words.isel(sample=i, word=j).values)
+                Image.fromarray(png).save(out / "overlays" / f"sample{i:03d}_{j}_{safe}.png")
+    body, figures = attention_section(result)
+    header = f"<header><h1>{escape(title)}</h1></header>"
+    return write_page(out / "attention.html", title, header + body, figures)

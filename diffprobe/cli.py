@@ -370,6 +370,93 @@ def report(
     typer.echo(str(write_report(ds, target, metric=metric or default_metric(ds))))
 
 
+def _words(text: Optional[str], prompts: list[str]) -> list[str]:
+    """--words a,b, or each prompt's quoted text."""
+    import re
+
+    if text:
+        return [w.strip() for w in text.split(",") if w.strip()]
+    return list(dict.fromkeys(w for p in prompts for w in re.findall(r'"([^"]+)"', p)))
+
+
+@app.command()
+@_guard
+def attend(
+    model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt; repeat for several."),
+    words: Optional[str] = typer.Option(None, "--words", help="Comma-separated words to map (default: the quoted text)."),
+    sites: str = typer.Option("cross:all", "--sites", help="Text sites whose maps are averaged, e.g. cross:9."),
+    steps: int = typer.Option(25, help="Denoising steps."),
+    window: Optional[str] = typer.Option(None, "--window", help="Steps averaged, e.g. 5: or 0:10 (default all)."),
+    heads: Optional[str] = typer.Option(None, help="Head indices averaged (default all)."),
+    seed: int = typer.Option(0, help="Generation seed."),
+    out: Path = typer.Option(Path("attend_out"), "--out", help="Output folder."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+):
+    """Where each word lands: images, one overlay per word, and a self-contained DIR/attention.html.
+
+    Example: diffprobe attend --prompt 'a red sign that says "STOP"' --words STOP --sites cross:9 --out runs/attend
+    """
+    from .attention import attend as run_attend
+    from .attention import write_outputs
+    from .loading import load
+
+    _state["origin"] = {"words": "--words", "sites": "--sites", "steps": "--window", "heads": "--heads"}
+    _set_threads(threads)
+    _quiet_libraries()
+    result = run_attend(load(model), prompt, steps=steps, words=_words(words, prompt) or None, sites=sites,
+                        window=window, heads=_ints(heads, "heads"), seed=seed)
+    typer.echo(f"page:     {write_outputs(result, out, f'attention maps: {model}')}\nimages:   {out / 'images'}"
+               f"\noverlays: {out / 'overlays'}")
+
+
+@app.command()
+@_guard
+def edit(
+    model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Source prompt, with the text in quotes."),
+    text: Optional[str] = typer.Option(None, "--text", help="New text (replaces the prompt's quoted text)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Or the whole target prompt."),
+    sites: Optional[str] = typer.Option(None, "--sites", help="Sites, a localize folder/localized.json, or a sweep folder."),
+    t_start: Optional[int] = typer.Option(None, "--t-start", help="First edited step t_s (default: from --sites, else 0)."),
+    steps: int = typer.Option(25, help="Denoising steps."),
+    seed: int = typer.Option(0, help="Generation seed."),
+    compare: Optional[int] = typer.Option(None, "--compare", help="Instead: compare the methods on N glyph pairs."),
+    out: Path = typer.Option(Path("edit_out"), "--out", help="Output folder."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+):
+    """Edit the rendered text at the localized sites; or, with --compare N, the methods' comparison table.
+
+    Examples:
+
+      diffprobe edit --prompt 'a red sign that says "STOP"' --text OPEN --sites cross:9 --t-start 5 --out runs/edit
+
+      diffprobe edit --compare 16 --sites "cross:9 cross:10 cross:0" --t-start 5 --out runs/edit_compare
+    """
+    from . import edit as editing
+    from .errors import InterventionError
+    from .loading import load
+
+    _state["origin"] = {"text": "--text", "sites": "--sites", "steps": "--t-start"}
+    _set_threads(threads)
+    _quiet_libraries()
+    probe = load(model)
+    if compare is not None:
+        spec, found = editing.resolve_sites(probe, sites)
+        top = [s.label for s in probe.sites.parse(spec)]
+        md = editing.run_comparison(probe, out, n=compare, top=top, t_start=t_start if t_start is not None else
+                                    (found or 0), steps=steps, seeds=(seed,),
+                                    progress=lambda name: typer.echo(f"running: {name}", err=True))
+        typer.echo(md.read_text())
+        return
+    if prompt is None:
+        raise InterventionError("give --prompt (the source prompt), or --compare N.", field="text")
+    result = editing.edit_text(probe, prompt, text, target=target, sites=sites, t_start=t_start, steps=steps,
+                               seed=seed)
+    typer.echo(f"{result.prompt!r} -> {result.target_prompt!r} at {' '.join(result.sites)} from t_s={result.t_start}"
+               f"\npage: {editing.write_outputs(result, out)}")
+
+
 @app.command()
 @_guard
 def demo(

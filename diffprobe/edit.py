@@ -204,14 +204,14 @@ def compare(probe, pairs, *, top: Sequence[str], t_start: int, steps: int = 25, 
         box = lambda p: glyph_text_box([p.source_text, p.target_text])  # noqa: E731
     cells = [(p, s) for p in pairs for s in seeds]
     t0 = time.perf_counter()
-    sources = probe.run([Variant(p.source, (), s) for p, s in cells], steps=steps, guidance=guidance).images
+    sources = probe.run([Variant(p.source_prompt, (), s) for p, s in cells], steps=steps, guidance=guidance).images
     base_time = (time.perf_counter() - t0) / len(cells)
     rows = [dict(method="source (no edit)", seconds=base_time, **_scores(sources, sources, cells, box, read_texts,
                                                                          char_f1, exact_match))]
     for name, make in _methods(probe, top, t_start, steps, tau).items():
         if progress:
             progress(name)
-        variants = [Variant(*make(p.source, p.target), s) for p, s in cells]
+        variants = [Variant(*make(p.source_prompt, p.target_prompt), s) for p, s in cells]
         t0 = time.perf_counter()
         images = probe.run(variants, steps=steps, guidance=guidance).images
         seconds = (time.perf_counter() - t0) / len(cells)
@@ -245,3 +245,50 @@ def markdown_table(rows: list[dict]) -> str:
                  for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_outputs(result: EditResult, out) -> Path:
+    """DIR/source.png, DIR/edited.png and DIR/edit.html (both images with the OCR text when Tesseract is there)."""
+    from html import escape
+
+    from PIL import Image
+
+    from .metrics.ocr import engine_unavailable_reason, read_texts
+    from .report.html import _tile, write_page
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.source).save(out / "source.png")
+    Image.fromarray(result.edited).save(out / "edited.png")
+    texts = read_texts(np.stack([result.source, result.edited])) if engine_unavailable_reason() is None else [None] * 2
+    tiles = [_tile(result.source, "source", texts[0], result.prompt),
+             _tile(result.edited, "edited", texts[1], result.target_prompt,
+                   f"sites {' '.join(result.sites)} from t_s={result.t_start}")]
+    facts = f"seed {result.seed}, {result.steps} steps"
+    body = (f"<header><h1>diffprobe edit</h1></header><section><p class='note'>{escape(facts)}</p>"
+            f"<div class='grid'>{''.join(tiles)}</div></section>")
+    return write_page(out / "edit.html", "diffprobe edit", body, [])
+
+
+def run_comparison(probe, out, *, n: int, top: Sequence[str], t_start: int, steps: int, seeds=(0,), tau: float = 0.8,
+                   pair_seed: int = 0, progress=None) -> Path:
+    """:func:`compare` on ``n`` glyph pairs; writes DIR/comparison.md and DIR/comparison.json."""
+    import json
+    import os
+
+    from .glyph_bench import glyph_pairs
+
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = compare(probe, glyph_pairs(n, pair_seed), top=top, t_start=t_start, steps=steps, seeds=seeds, tau=tau,
+                   progress=progress)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    note = (f"{probe.name}, {n} pairs (glyph_pairs({n}, {pair_seed})) x seeds {list(seeds)}, {steps} steps, "
+            f"t_s={t_start}, prompt-to-prompt tau={tau}; {torch.get_num_threads()} torch thread(s), "
+            f"load average {load:.1f} at the end")
+    (out / "comparison.json").write_text(json.dumps({"note": note, "rows": rows}, indent=1, allow_nan=True))
+    md = out / "comparison.md"
+    md.write_text(markdown_table(rows) + f"\n\n{note}\n", encoding="utf-8")
+    return md

@@ -39,7 +39,7 @@ from diffprobe.metrics import lower_is_better
 from diffprobe.ranking import SiteScore, rank_sites
 from diffprobe.results import versions
 
-__all__ = ["SiteScore", "script_json", "top_sites", "write_report"]
+__all__ = ["SiteScore", "script_json", "top_sites", "write_report", "attention_section", "write_page"]
 
 _BOOT = """(function () {
   var figures = JSON.parse(document.getElementById("diffprobe-figures").textContent);
@@ -64,6 +64,7 @@ def write_report(
     counts: xr.Dataset | None = None,
     max_pairs: int = 8,
     summary: str | list[str] | None = None,
+    attention=None,
 ) -> Path:
     """Write the self-contained report of sweep results ``ds`` to ``path`` (an ``.html`` file) and return it.
 
@@ -71,7 +72,8 @@ def write_report(
     the image grid (first seed, at each site's best cell, for the first ``max_pairs`` pairs). ``counts``, a
     layer-count dataset, adds the trade-off curve. ``title`` defaults to ``ds.attrs["title"]``, then the model.
     ``summary`` (a string, one line per paragraph, or a list of lines) is shown, escaped, at the top: the first
-    line as the headline (``diffprobe.localize`` writes its finding there).
+    line as the headline (``diffprobe.localize`` writes its finding there). ``attention``, a
+    :class:`diffprobe.attention.AttentionResult` with word maps (e.g. at the best sites), adds its overlays.
     """
     path = Path(path)
     if top_k < 1 or max_pairs < 1:
@@ -79,6 +81,8 @@ def write_report(
     top = top_sites(ds, metric, top_k)
     title = title or ds.attrs.get("title") or f"diffprobe report: {ds.attrs.get('model', 'unknown model')}"
     figures = _figures(ds, metric, counts)
+    maps_html, map_figures = attention_section(attention) if attention is not None else ("", [])
+    figures = figures + map_figures
     body = "\n".join(
         [
             _header(ds, title, metric),
@@ -86,9 +90,16 @@ def write_report(
             _sites_section(top, metric),
             _figures_section(figures),
             _grid_section(ds, top, metric, max_pairs),
+            maps_html,
             _provenance_section(ds),
         ]
     )
+    return write_page(path, title, body, figures)
+
+
+def write_page(path: str | Path, title: str, body: str, figures: list[tuple[str, go.Figure]]) -> Path:
+    """Write one self-contained page (inline plotly, CSP, escaped text) atomically; ``body`` is trusted HTML."""
+    path = Path(path)
     page = _render(title, body, figures)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +110,38 @@ def write_report(
         raise ResultsError(f"cannot write the report to {path} ({exc.strerror or exc}); choose a writable path.",
                            field="out") from None
     return path
+
+
+def attention_section(result, max_samples: int = 8) -> tuple[str, list[tuple[str, go.Figure]]]:
+    """Each sample's image and one overlay per word of an :class:`~diffprobe.attention.AttentionResult`."""
+    from diffprobe.attention import overlay_figure, overlay_png
+
+    words = result.words
+    if words is None:
+        return "", []
+    attrs = result.maps.attrs
+    note = (f"Text-token → image attention probabilities at {', '.join(map(str, attrs.get('sites', [])))}, "
+            f"{attrs.get('reduce', 'mean')} over steps {_steps_text(attrs.get('steps', []))} and heads "
+            f"{attrs.get('heads', 'all')}; a word's map is the sum over its tokens, upsampled to the image.")
+    rows, figures = [], []
+    for i in range(min(max_samples, words.sizes["sample"])):
+        image = result.images[i]
+        tiles = [_tile(image, "image", None, str(words["prompt"].values[i]))]
+        for j, w in enumerate(words["word"].values):
+            m = words.isel(sample=i, word=j).values
+            tiles.append(_tile(overlay_png(image, m), f"“{w}”", None, f"tokens {words['tokens'].values[i][j]}"))
+            figures.append((f"attn-{i}-{j}", overlay_figure(image, m, f"{w} (sample {i})")))
+        rows.append(f"<div class='grid'>{''.join(tiles)}</div>")
+    divs = "".join(f'<div class="card"><div class="plot" id="{fid}"></div></div>' for fid, _ in figures)
+    return (f"<section id='attention'><h2>Attention maps</h2><p class='note'>{escape(note)}</p>{''.join(rows)}"
+            f"{divs}</section>"), figures
+
+
+def _steps_text(steps) -> str:
+    steps = list(steps)
+    if steps and steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}-{steps[-1]}"
+    return ", ".join(map(str, steps))
 
 
 def _render(title: str, body: str, figures: list[tuple[str, go.Figure]]) -> str:
