@@ -15,11 +15,11 @@ Rules every renderer follows:
   its outputs reads the same on a code host as in Jupyter. Interactive plotly figures stay one call
   away (``ds.dp.heatmap()``).
 
-Progress: :func:`progress_bar` is a ``tqdm.auto`` bar (a widget in Jupyter when ipywidgets is
-installed, text in a terminal or a log), on unless ``progress=False`` is passed or the environment
-sets ``DIFFPROBE_PROGRESS=0``. :func:`quiet` silences the libraries' noise (the "requires
-torchvision" notice, diffusers' and transformers' loading bars) inside diffprobe calls only, and
-restores their settings on exit: importing diffprobe changes nothing globally.
+Progress: :func:`progress_bar` is a tqdm bar (a widget in Jupyter when ipywidgets is installed, else
+text: ``tqdm.auto``'s choice, without its warning when ipywidgets is missing), on unless
+``progress=False`` is passed or the environment sets ``DIFFPROBE_PROGRESS=0``. :func:`quiet` silences
+the libraries' noise (the "requires torchvision" notice, diffusers' and transformers' loading bars)
+inside diffprobe calls only, and restores their settings on exit: importing diffprobe changes nothing globally.
 """
 from __future__ import annotations
 
@@ -55,14 +55,13 @@ def progress_enabled(progress: bool | None = None) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(desc: str, progress: bool | None = None) -> Iterator[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback for :func:`diffprobe.experiments.run`, drawn with ``tqdm.auto``.
+    """A ``progress(done, total)`` callback for :func:`diffprobe.experiments.run`, drawn with tqdm.
 
     ``with progress_bar("layers") as tick: run(spec, probe=probe, progress=tick)``; a no-op when disabled."""
     if not progress_enabled(progress):
         yield lambda done, total: None
         return
-    from tqdm.auto import tqdm
-
+    tqdm = _tqdm()
     bars = []  # drawn at the first tick, when the number of batches is known
 
     def tick(done: int, total: int) -> None:
@@ -77,6 +76,25 @@ def progress_bar(desc: str, progress: bool | None = None) -> Iterator[Callable[[
     finally:
         for bar in bars:
             bar.close()
+
+
+def _tqdm():
+    """tqdm's widget bar inside a Jupyter kernel with ipywidgets, else its text bar (what ``tqdm.auto`` picks,
+    without its warning when ipywidgets is missing)."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+
+            return tqdm
+        except ImportError:
+            pass
+    from tqdm.std import tqdm
+
+    return tqdm
 
 
 @contextlib.contextmanager
