@@ -13,18 +13,19 @@ from .errors import (
     DiffprobeError, InterventionError, MetricError, ModelLoadError, ResultsError, SiteError,
     SpecError, UnsupportedArchitectureError,
 )
-from .interventions import Ablate, Capture, Inject, Patch, Scale
+from .interventions import Ablate, AttentionMap, Capture, Inject, Patch, ReplaceAttention, Scale
 from .plan import Variant
 from .sites import Site, SiteCatalogue
 from .spec import Experiment
 
 __version__ = "0.1.0"
 
-_LAZY = {"load": "loading", "Probe": "probe", "Generation": "probe", "localize": "localization"}
+_LAZY = {"load": "loading", "Probe": "probe", "Generation": "probe", "localize": "localization", "attend": "attention",
+         "edit_text": "edit"}
 
 __all__ = [
     "load", "localize", "Probe", "Generation", "Site", "SiteCatalogue", "Variant", "Experiment",
-    "Patch", "Inject", "Ablate", "Scale", "Capture",
+    "Patch", "Inject", "Ablate", "Scale", "Capture", "AttentionMap", "ReplaceAttention", "attend", "edit_text",
     "DiffprobeError", "SiteError", "InterventionError", "ModelLoadError",
     "UnsupportedArchitectureError", "MetricError", "SpecError", "ResultsError",
 ]
