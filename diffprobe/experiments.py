@@ -59,6 +59,8 @@ def count_follow_up(spec: Experiment, ds, metric: str = "ocr_f1_target") -> Expe
 
 
 def run(spec: Experiment, *, probe=None, store: str | Path | None = None,
-        progress: Callable[[int, int], None] | None = None):
-    """Run (or resume) an experiment; returns its results as an ``xarray.Dataset``."""
-    return run_experiment(spec, probe=probe, store=store, progress=progress)
+        progress: Callable[[int, int], None] | None = None, client=None):
+    """Run (or resume) an experiment; returns its results as an ``xarray.Dataset``.
+
+    ``client``: a dask.distributed client to run the batches on its workers (see :mod:`diffprobe.cluster`)."""
+    return run_experiment(spec, probe=probe, store=store, progress=progress, client=client)

@@ -224,41 +224,92 @@ def _concat(parts: list[dict]) -> dict:
     return out
 
 
-def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None):
-    """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False)."""
-    if not isinstance(spec, Experiment):
-        raise SpecError(f"run takes an Experiment; got {type(spec).__name__}. Build one with Experiment(...).")
-    probe = _probe_for(spec, probe)
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver needs to know about the model to lay out and check a sweep."""
+
+    layout: Layout
+    weights: str | None
+    runtime: dict
+
+
+def prepare(probe, spec: Experiment) -> Prepared:
+    """Resolve the spec's sites on the model and plan every distinct cell (all refusals happen here)."""
     layout = resolve_layout(spec, probe.sites)
     check_cells(probe, spec, layout)
-    runtime = probe.runtime
-    st = Store.open(store, spec, weights=probe.weights_digest(), layout=layout, runtime=runtime,
+    return Prepared(layout, probe.weights_digest(), probe.runtime)
+
+
+def compute_batch(probe, spec: Experiment, kind: str, items: list, layout: Layout, sources: dict,
+                  size: int) -> tuple[dict, int]:
+    """One stored batch: baselines (``items`` are (pair, seed) jobs) or cells, in calls of at most ``size``
+    variants, halving on out-of-memory. Returns the result and the call size that fitted."""
+    sizer = _Sizer(size)
+    if kind == "base":
+        return sizer.run(items, lambda jobs: _run_baselines(probe, spec, jobs), 2), sizer.size
+    return sizer.run(items, lambda part: _run_cells(probe, spec, part, layout, lambda p, s: sources[(p, s)])), sizer.size
+
+
+class _Local:
+    """Runs batches in this process, one after the other."""
+
+    def __init__(self, probe):
+        self.probe = probe
+
+    def prepare(self, spec: Experiment) -> Prepared:
+        return prepare(self.probe, spec)
+
+    def map(self, spec, kind, batches: dict[int, list], layout, sources, size):
+        for i, items in batches.items():
+            out, size = compute_batch(self.probe, spec, kind, items, layout, sources, size)  # a size that fitted stays
+            yield i, (out, size)
+
+
+def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None, client=None):
+    """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False).
+
+    With a dask.distributed ``client`` the batches run on its workers (see :mod:`diffprobe.cluster`);
+    this process only writes each finished batch into the store, once, as it arrives."""
+    if not isinstance(spec, Experiment):
+        raise SpecError(f"run takes an Experiment; got {type(spec).__name__}. Build one with Experiment(...).")
+    if client is not None:
+        if probe is not None:
+            raise SpecError("pass either probe= (run here) or client= (run on a cluster), not both.")
+        from .cluster import DaskExecutor
+
+        executor = DaskExecutor(client, spec)
+    else:
+        executor = _Local(_probe_for(spec, probe))
+    info = executor.prepare(spec)
+    layout, runtime = info.layout, info.runtime
+    st = Store.open(store, spec, weights=info.weights, layout=layout, runtime=runtime,
                     unit=spec.batch_size if spec.batch_size != "auto" else AUTO_UNIT.get(runtime["device_type"], 8))
-    cells = cells_of(spec, len(layout.groups))
     base_batches = _chunks(baseline_jobs(spec), max(1, st.unit // 2))
-    cell_batches = _chunks(cells, st.unit)
-    sizer = _Sizer(st.unit)
+    cell_batches = _chunks(cells_of(spec, len(layout.groups)), st.unit)
     total = len(base_batches) + len(cell_batches)
-    done = 0
+    done = sum(st.has("base", i) for i in range(len(base_batches))) + sum(
+        st.has("cell", i) for i in range(len(cell_batches)))
+    used = [st.unit]
 
     def tick():
         if progress is not None:
             progress(done, total)
 
     tick()
-    for i, batch in enumerate(base_batches):
-        if not st.has("base", i):
-            st.write_baseline(i, sizer.run(batch, lambda jobs: _run_baselines(probe, spec, jobs), 2))
+    todo = {i: b for i, b in enumerate(base_batches) if not st.has("base", i)}
+    for i, (out, size) in executor.map(spec, "base", todo, layout, {}, used[-1]):
+        st.write_baseline(i, out)
+        used.append(size)
         done += 1
         tick()
     sources = st.source_images()
-    for i, batch in enumerate(cell_batches):
-        if not st.has("cell", i):
-            st.write_cells(i, sizer.run(batch, lambda part: _run_cells(probe, spec, part, layout,
-                                                                        lambda p, s: sources[(p, s)])))
+    todo = {i: b for i, b in enumerate(cell_batches) if not st.has("cell", i)}
+    for i, (out, size) in executor.map(spec, "cell", todo, layout, sources, min(used)):
+        st.write_cells(i, out)
+        used.append(size)
         done += 1
         tick()
     ds = assemble(spec, layout, st)
-    ds.attrs.update(runtime=json.dumps(runtime), batch_unit=st.unit, batch_size_used=sizer.size)
+    ds.attrs.update(runtime=json.dumps(runtime), batch_unit=st.unit, batch_size_used=min(used))
     st.finalize(ds)
     return ds
