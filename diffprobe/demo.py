@@ -49,6 +49,6 @@ def run_demo(out: Path, *, n: int = 8, quiet: bool = False) -> Path:
                   f"+ {DEMO['held_out']} held out, {steps} steps -> {out}", highlight=False)
     result = localize(probe, pairs, out, progress=not quiet, **{**DEMO, "steps": steps},
                       title=f"diffprobe demo: which cross-attention layers write the text? ({model})")
-    Console(quiet=quiet).print("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}",
-                               markup=False, highlight=False)
+    summary = "\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}"
+    Console().print(summary, markup=False, highlight=False)  # --quiet silences progress, not the finding
     return result.report

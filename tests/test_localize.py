@@ -165,3 +165,22 @@ def test_the_command_runs_resumes_and_fails_in_one_line(tiny_dirs, tmp_path, mon
 
 def test_errors_are_diffprobe_errors():
     assert issubclass(SpecError, DiffprobeError) and issubclass(ResultsError, DiffprobeError)
+
+
+def test_demo_is_localize_and_falls_back_to_a_tiny_model(tmp_path, monkeypatch, capsys):
+    import diffprobe.loading
+    from diffprobe.demo import run_demo
+    from diffprobe.errors import ModelLoadError
+
+    real = diffprobe.loading.load
+
+    def no_glyph(name, *a, **k):
+        if name == "glyph":
+            raise ModelLoadError("the glyph weights are missing (test)")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(diffprobe.loading, "load", no_glyph)
+    report = run_demo(tmp_path / "demo", n=1, quiet=True)
+    assert report == tmp_path / "demo" / "report.html" and report.exists()
+    assert load_localized(tmp_path / "demo").settings["held_out"] == 4
+    assert "% of the parameters" in capsys.readouterr().out
