@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: library warnings that are noise for a diffprobe user (regexes on the message)
-NOISE = (r".*requires torchvision.*", r"(?s).*steps_offset.*", r".*CLIPImageProcessorPil.*")
+NOISE = (r".*requires torchvision.*", r"(?s).*steps_offset.*", r".*CLIPImageProcessorPil.*", r"IProgress not found.*")
 _OFF = ("0", "false", "no", "off")
 
 

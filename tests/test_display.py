@@ -104,3 +104,21 @@ def test_importing_diffprobe_changes_no_library_setting():
             "print(v == (t.get_verbosity(), d.get_verbosity(), d.is_progress_bar_enabled()), n == len(warnings.filters))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True"]
+
+
+def test_load_is_quiet_and_keeps_its_signature(tiny_dirs, capsys):
+    import inspect
+
+    import diffusers.utils.logging as dlog
+
+    import diffprobe.loading
+
+    assert inspect.signature(diffprobe.load) == inspect.signature(diffprobe.loading.load)
+    assert diffprobe.load.__doc__ == diffprobe.loading.load.__doc__
+    before = dlog.get_verbosity()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        diffprobe.load(tiny_dirs("sd15"))
+    assert not [w for w in seen if "torchvision" in str(w.message)]
+    assert "Loading pipeline components" not in capsys.readouterr().err
+    assert dlog.get_verbosity() == before
