@@ -87,7 +87,7 @@ def test_template_pairs_generic_builder():
         (["{text} and {text}"], ["a", "b"], 2, "exactly one"),
         (["{text}"], ["only"], 2, "two distinct words"),
         (["{text}"], ["same", "same"], 2, "two distinct words"),
-        (["{text}"], ["a", "b"], 0, "n >= 1"),
+        (["{text}"], ["a", "b"], 0, "1 <= n <= 100,000"),
         ("{text}", ["a", "b"], 1, "not a single string"),
     ],
 )
