@@ -184,3 +184,16 @@ def test_demo_is_localize_and_falls_back_to_a_tiny_model(tmp_path, monkeypatch, 
     assert report == tmp_path / "demo" / "report.html" and report.exists()
     assert load_localized(tmp_path / "demo").settings["held_out"] == 4
     assert "% of the parameters" in capsys.readouterr().out
+
+
+def test_text_sites_pick_the_papers_intervention_on_every_architecture(tiny_probe, arch):
+    from conftest import TEXT_SITES
+
+    from diffprobe.localization import text_sites
+
+    sites, intervention = text_sites(tiny_probe)
+    assert sorted(sites.split()) == sorted(TEXT_SITES[arch].split())
+    supports = tiny_probe.adapter.supports_inject
+    assert intervention == ("inject" if arch in ("sd15", "sdxl", "if") and supports else "patch")
+    if "cross" in tiny_probe.sites.kinds:
+        assert text_sites(tiny_probe, "cross:0")[0] == "cross:0"
