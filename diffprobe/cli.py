@@ -408,15 +408,15 @@ def attend(
     Example: diffprobe attend --prompt 'a red sign that says "STOP"' --words STOP --sites cross:9 --out runs/attend
     """
     from .attention import attend as run_attend
-    from .attention import write_outputs
     from .loading import load
+    from .report.html import write_attention_page
 
     _state["origin"] = {"words": "--words", "sites": "--sites", "steps": "--window", "heads": "--heads"}
     _set_threads(threads)
     _quiet_libraries()
     result = run_attend(load(model), prompt, steps=steps, words=_words(words, prompt) or None, sites=sites,
                         window=window, heads=_ints(heads, "heads"), seed=seed)
-    typer.echo(f"page:     {write_outputs(result, out, f'attention maps: {model}')}\nimages:   {out / 'images'}"
+    typer.echo(f"page:     {write_attention_page(result, out, f'attention maps: {model}')}\nimages:   {out / 'images'}"
                f"\noverlays: {out / 'overlays'}")
 
 

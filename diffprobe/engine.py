@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .devices import _execution_device
-from .attention import MapStore, SiteReader
+from .attention_engine import MapStore, SiteReader
 from .errors import InterventionError
 from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
 
@@ -165,7 +165,7 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
         if not (kv_ops or out_ops or kv_caps or out_caps or map_ops):
             continue
         attn = _resolve(denoiser_env, sp.site.name)
-        reader = SiteReader(maps, sp.site, map_ops, n) if map_ops else None
+        reader = SiteReader(maps, sp.site, map_ops, n, _offsets) if map_ops else None
         if reader is not None:
             reader.before_kv(attn)  # the query (and joint image keys) run before the text K/V
         if kv_ops or kv_caps or reader is not None:

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import string
 from html import escape
 from importlib import resources
@@ -39,7 +40,7 @@ from diffprobe.metrics import lower_is_better
 from diffprobe.ranking import SiteScore, rank_sites
 from diffprobe.results import versions
 
-__all__ = ["SiteScore", "script_json", "top_sites", "write_report", "attention_section", "write_page"]
+__all__ = ["SiteScore", "script_json", "top_sites", "write_report", "attention_section", "write_attention_page", "write_page"]
 
 _BOOT = """(function () {
   var figures = JSON.parse(document.getElementById("diffprobe-figures").textContent);
@@ -129,6 +130,8 @@ def attention_section(result, max_samples: int = 8) -> tuple[str, list[tuple[str
         tiles = [_tile(image, "image", None, str(words["prompt"].values[i]))]
         for j, w in enumerate(words["word"].values):
             m = words.isel(sample=i, word=j).values
+            if np.isnan(m).all():
+                continue  # the word is not in this prompt
             tiles.append(_tile(overlay_png(image, m), f"“{w}”", None, f"tokens {words['tokens'].values[i][j]}"))
             figures.append((f"attn-{i}-{j}", overlay_figure(image, m, f"{w} (sample {i})")))
         rows.append(f"<div class='grid'>{''.join(tiles)}</div>")
@@ -351,3 +354,28 @@ def _provenance_section(ds: xr.Dataset) -> str:
         f"{escape(str(ds.attrs.get('model', 'unknown')))}</span></p>{versions_html}"
         f"<h2>Spec</h2><pre id='spec'>{escape(spec)}</pre></section>"
     )
+
+
+def write_attention_page(result, out, title: str = "diffprobe attention maps") -> Path:
+    """DIR/images/*.png, DIR/overlays/*.png (one per sample and word), DIR/maps.npz and DIR/attention.html."""
+    from diffprobe.attention import overlay_png
+
+    out = Path(out)
+    for sub in ("images", "overlays"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(result.images):
+        Image.fromarray(image).save(out / "images" / f"sample{i:03d}.png")
+        if result.words is not None:
+            for j, w in enumerate(result.words["word"].values):
+                if np.isnan(result.words.isel(sample=i, word=j).values).all():
+                    continue
+                safe = re.sub(r"[^0-9A-Za-z_-]+", "_", str(w))[:40] or "word"
+                png = overlay_png(image, result.words.isel(sample=i, word=j).values)
+                Image.fromarray(png).save(out / "overlays" / f"sample{i:03d}_{j}_{safe}.png")
+    arrays = {"maps": result.maps.values}
+    if result.words is not None:
+        arrays.update(words=result.words.values, word_names=np.asarray(result.words["word"].values, dtype=str))
+    np.savez_compressed(out / "maps.npz", images=result.images, **arrays)
+    body, figures = attention_section(result)
+    header = f"<header><h1>{escape(title)}</h1></header>"
+    return write_page(out / "attention.html", title, header + body, figures)
