@@ -100,6 +100,19 @@ def _tqdm():
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Inside: the libraries' notices and loading bars are off; on exit every setting is restored."""
+    with warnings.catch_warnings():  # first: importing the libraries below can itself warn (tqdm's ipywidgets notice)
+        for pattern in NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        restore = _quiet_loggers()
+        try:
+            yield
+        finally:
+            for undo in reversed(restore):
+                undo()
+
+
+def _quiet_loggers() -> list[Callable[[], None]]:
+    """diffusers' and transformers' verbosity to errors and their progress bars off; returns the undo steps."""
     restore: list[Callable[[], None]] = []
     for module in ("diffusers", "transformers"):
         try:
@@ -111,14 +124,7 @@ def quiet() -> Iterator[None]:
         logging.disable_progress_bar()
         restore.append(lambda lg=logging, lv=level, b=bars: (lg.set_verbosity(lv),
                                                              lg.enable_progress_bar() if b else None))
-    try:
-        with warnings.catch_warnings():
-            for pattern in NOISE:
-                warnings.filterwarnings("ignore", message=pattern)
-            yield
-    finally:
-        for undo in reversed(restore):
-            undo()
+    return restore
 
 
 # -- images -----------------------------------------------------------------------------------------
