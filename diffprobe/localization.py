@@ -398,7 +398,7 @@ def _localized(probe, base, study: StudySettings, d: _Decision, ds_confirm) -> L
 
 
 def _metric_phrase(metric: str) -> str:
-    return {"ocr_f1_target": "OCR F1 to the target", "exact_target": "exact-match rate to the target"}.get(metric, metric)
+    return {"ocr_f1_target": "OCR F1", "exact_target": "exact-match rate"}.get(metric, metric)
 
 
 def _n(count: int, noun: str) -> str:
