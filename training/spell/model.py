@@ -1,0 +1,162 @@
+"""Components of the spelling model: a character-aware tokenizer, a T5 text encoder, the UNet and the
+scheduler, assembled into a STOCK diffusers ``IFPipeline`` (loads with ``DiffusionPipeline.from_pretrained``,
+no custom code).
+
+Tokenizer (``tokenizers`` WordPiece, wrapped in ``PreTrainedTokenizerFast``). The quoted word is spelled:
+
+    'a red sign that says "Stop"'  ->  a red sign that says #1 ##s #2 ##t #3 ##o #4 ##p #end </s>
+
+- ONE letter vocabulary ``##a`` .. ``##z`` shared by every position; the position is a separate marker token
+  ``#1`` .. ``#8`` before each letter, and ``#end`` closes the word (so the encoder also knows its length).
+  Letters after the 8th get no marker (they follow ``#8`` as further ``##x`` pieces).
+- The markers are inserted by the normalizer with look-behind regexes (``(?<="[a-z]{k-1})(?=[a-z])`` -> `` #k``,
+  applied for k = 8 .. 1), so the whole thing is a plain ``tokenizer.json``.
+- Template words (``a``, ``red``, ``sign`` ...) are whole-word tokens and can never collide with the letters
+  (``a`` vs ``##a``). Lower- and upper-case input give the same tokens (``Lowercase`` normalizer; IFPipeline
+  lower-cases too). Punctuation other than ``"`` is dropped; an unknown word outside quotes is ``<unk>``.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import data
+
+MAX_LENGTH = 77  # IFPipeline.encode_prompt always pads/truncates to 77 tokens
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+MARKERS = [f"#{k}" for k in range(1, data.MAX_LETTERS + 1)]
+END = "#end"
+
+UNET_CONFIG = dict(
+    sample_size=data.HEIGHT,  # IFPipeline uses sample_size for height and width: pass height=32, width=128
+    in_channels=3,
+    out_channels=6,  # IFPipeline splits 6 channels into (prediction, variance); the variance half is unused
+    # 32x128 -> 16x64 -> 8x32 -> 4x16 -> 2x8: the 2x8 bottleneck has one column per letter position.
+    # Same layer shapes as the shipped glyph UNet, so its weights can warm-start this one (--unet-from).
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    block_out_channels=(32, 64, 96, 128, 128),
+    layers_per_block=(1, 1, 1, 1, 2),
+    transformer_layers_per_block=1,
+    attention_head_dim=4,  # diffusers: this is the number of heads
+    cross_attention_dim=128,
+    norm_num_groups=16,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+
+TEXT_CONFIG = dict(
+    d_model=128,
+    d_kv=32,
+    d_ff=512,
+    num_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=32,  # distances 0..7 get exact buckets: marker -> letter is distance 1
+    relative_attention_max_distance=64,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",
+    initializer_factor=1.0,  # token embeddings start at std 1.0: tokens stay far apart
+    is_encoder_decoder=False,
+    use_cache=False,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="v_prediction",
+)
+
+
+def vocabulary() -> list[str]:
+    words: list[str] = []
+    for t in data.TEMPLATES:
+        words += t.name.split()
+    words += "that says in letters".split() + list(data.FONT_NAMES)
+    seen: dict[str, None] = {}
+    for w in words + MARKERS + [END] + ["##" + c for c in LETTERS]:
+        seen.setdefault(w, None)
+    return [PAD, EOS, UNK] + list(seen)
+
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100))
+    norm = [normalizers.Lowercase(), normalizers.Replace(Regex(r'[^a-z" ]'), " ")]
+    for k in range(data.MAX_LETTERS, 0, -1):  # insert " #k" before the k-th letter after an opening quote
+        norm.append(normalizers.Replace(Regex('(?<="[a-z]{%d})(?=[a-z])' % (k - 1)), f" #{k}"))
+    norm.append(normalizers.Replace(Regex(r'"(?= #1)'), " "))  # opening quote: gone (the markers say it)
+    norm.append(normalizers.Replace('"', f" {END} "))  # closing quote: end of the word
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=MAX_LENGTH
+    )
+
+
+def build_text_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, **TEXT_CONFIG))
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def build_train_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**SCHEDULER_CONFIG)
+
+
+def build_inference_scheduler():
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
+
+
+def assemble_pipeline(unet, text_encoder, tokenizer, scheduler=None):
+    from diffusers import IFPipeline
+
+    return IFPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+        scheduler=scheduler or build_inference_scheduler(),
+        safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False,
+    )
+
+
+def preprocess(prompts: list[str]) -> list[str]:
+    """The text preprocessing IFPipeline applies with clean_caption=False."""
+    return [p.lower().strip() for p in prompts]
+
+
+def tokenize(tokenizer, prompts: list[str]):
+    """Token ids and mask exactly as IFPipeline.encode_prompt makes them."""
+    t = tokenizer(
+        preprocess(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True,
+        add_special_tokens=True, return_tensors="pt",
+    )
+    return t.input_ids, t.attention_mask
+
+
+def encode(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
+    ids, mask = tokenize(tokenizer, prompts)
+    return text_encoder(ids.to(text_encoder.device), attention_mask=mask.to(text_encoder.device))[0]
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())

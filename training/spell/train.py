@@ -1,0 +1,378 @@
+"""Train the spelling model (`spell`) on the CPU.
+
+    python -m training.spell.train --out runs/spell [--steps N] [--resume]
+    python -m training.spell.train --out runs/spell --init-from training/spell/checkpoint   # new machine
+    python -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint     # write the snapshot
+
+--out gets ``ckpt.pt`` (atomic; full state: weights, AdamW, EMA, noise generator, step, wall time; --resume
+continues bit-for-bit), ``loss.csv``, ``probe.csv``, ``train.json`` and ``pipeline/`` (the EMA weights as a stock
+IFPipeline directory with the UNet in fp16, plus ``train_state.json``; refreshed atomically at every checkpoint).
+``--snapshot`` copies that ``pipeline/`` to a committed folder; ``--init-from`` warm-starts UNet + text encoder +
+EMA from such a folder and continues the step count (and so the data stream; AdamW moments restart, hence a
+fresh warm-up). ``--unet-from`` warm-starts only the UNet (e.g. from the shipped 32x96 glyph model, whose layer
+shapes are identical: convolutions do not care about the image width).
+
+Recipe (as training/glyph): v-prediction, cosine schedule, plain v-MSE, 10% empty prompts, AdamW, EMA, bf16
+autocast, eager mode, one thread; half of each batch's timesteps from [900, 1000) where the word is decided.
+Batches are a pure function of (seed, step) (training/spell/data.py: ``sample_batch``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data, model
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/spell"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100000, help="total steps (the lr decays over the last 20%%)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--text-lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--decay-from", type=float, default=0.8)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--cfg-drop", type=float, default=0.1)
+    p.add_argument("--noisy-frac", type=float, default=0.5)
+    p.add_argument("--noisy-from", type=float, default=0.9)
+    p.add_argument("--random-frac", type=float, default=0.25, help="fraction of random letter strings")
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--probe-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-bf16", action="store_true", help="fp32 (use on CPUs without native bf16: ~30x faster there)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (untested here: this machine has no GPU)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    p.add_argument("--init-from", type=pathlib.Path, default=None,
+                   help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
+    p.add_argument("--unet-from", type=pathlib.Path, default=None,
+                   help="warm-start only the UNet from a pipeline folder (e.g. diffprobe/zoo/glyph/weights)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--snapshot", type=pathlib.Path, default=None, help="copy RUN/pipeline to --to and exit")
+    p.add_argument("--to", type=pathlib.Path, default=pathlib.Path("training/spell/checkpoint"))
+    return p.parse_args(argv)
+
+
+class EMA:
+    def __init__(self, modules, decay):
+        self.decay = decay
+        self.shadow = [[p.detach().clone().float() for p in m.parameters()] for m in modules]
+
+    @torch.no_grad()
+    def update(self, modules, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for sh, m in zip(self.shadow, modules):
+            for s, p in zip(sh, m.parameters()):
+                s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, modules):
+        for sh, m in zip(self.shadow, modules):
+            for s, p in zip(sh, m.parameters()):
+                p.copy_(s)
+
+
+def lr_factor(step, args, start_step=0):
+    if step - start_step < args.warmup:
+        return (step - start_step + 1) / args.warmup
+    start = int(args.decay_from * args.steps)
+    if step < start:
+        return 1.0
+    frac = (step - start) / max(1, args.steps - start)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def x0_from_v(sched, xt, v, t):
+    a = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    return a.sqrt() * xt - (1 - a).sqrt() * v
+
+
+# ------------------------------------------------------------------------------------------------- probe
+PROBE_FONT = "mono"  # the probe asks for mono letters so that letter k has fixed columns
+
+
+def _probe_items():
+    """(template, word, split) for 32 held-out and 32 training words, on templates that allow mono."""
+    temps = [t for t in range(len(data.TEMPLATES)) if (t, PROBE_FONT) not in data.HELD_OUT_COMBOS]
+    items = []
+    for split, words in (("heldout", data.eval_heldout()[:32]), ("train", data.eval_train()[:32])):
+        items += [(temps[i % len(temps)], w, split) for i, w in enumerate(words)]
+    return items
+
+
+class Prober:
+    """Cheap measurements of the EMA model's x0 prediction at t=999 from pure noise (prompt in mono letters):
+
+    nn_acc_{heldout,train}: nearest clean rendering among the 64 probe words (same template; chance 1/64).
+    letter_acc_{heldout,train}: for every letter position k, the nearest among the 26 renderings that differ
+    from the true word only in letter k (chance 1/26); this sees partial spelling long before whole words.
+    word_effect / template_effect: mean |x0(A) - x0(B)| with another word / another template, same noise."""
+
+    def __init__(self, seed=1234):
+        self.items = _probe_items()
+        self.words = [w for _, w, _ in self.items]
+        self.prompts = [data.prompt(t, w, PROBE_FONT) for t, w, _ in self.items]
+        g = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn(len(self.items), 3, data.HEIGHT, data.WIDTH, generator=g)
+        self.refs = {}  # template -> (64, 3, H, W) renders of all probe words
+        for t in sorted({t for t, _, _ in self.items}):
+            self.refs[t] = data.to_tensor([data.render(data.canonical(t, w, PROBE_FONT)) for w in self.words])
+        self.variants = []  # per item: list over positions of (26, 3, H, W) tensors, true letter index
+        for t, w, _ in self.items:
+            per = []
+            for k in range(len(w)):
+                vs = [w[:k] + chr(65 + c) + w[k + 1:] for c in range(26)]
+                per.append((data.to_tensor([data.render(data.canonical(t, v, PROBE_FONT)) for v in vs]),
+                            ord(w[k]) - 65))
+            self.variants.append(per)
+
+    @torch.no_grad()
+    def __call__(self, unet, te, tok, sched, bf16):
+        unet.eval(), te.eval()
+        dev = unet.device
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+        def x0(prompts, noise, t=999):
+            e = model.encode(te, tok, prompts)
+            tt = torch.full((len(prompts),), t, dtype=torch.long)
+            with ctx:
+                v = unet(noise.to(dev), tt.to(dev), encoder_hidden_states=e).sample[:, :3].float().cpu()
+            return x0_from_v(sched, noise, v, tt)
+
+        xs = torch.cat([x0(self.prompts[i:i + 32], self.noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
+        out = {}
+        for split in ("heldout", "train"):
+            nn, let, nlet, n = 0, 0, 0, 0
+            for i, (t, w, s) in enumerate(self.items):
+                if s != split:
+                    continue
+                n += 1
+                d = ((self.refs[t] - xs[i]) ** 2).mean(dim=(1, 2, 3))
+                nn += int(d.argmin()) == i
+                for vs, true in self.variants[i]:
+                    let += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
+                    nlet += 1
+            out[f"nn_acc_{split}"] = nn / n
+            out[f"letter_acc_{split}"] = let / nlet
+        # word / template effect: same noise, first probe item's template, other words / another template
+        t0, w0, _ = self.items[0]
+        other_t = (t0 + 3) % len(data.TEMPLATES)
+        ps = [data.prompt(t0, w, PROBE_FONT) for w in (w0, "OPEN", "FISH", "HELLO")] + [data.prompt(other_t, w0, PROBE_FONT)]
+        xe = x0(ps, self.noise[:1].expand(len(ps), -1, -1, -1))
+        out["word_effect"] = float(sum((xe[0] - xe[i]).abs().mean() for i in range(1, 4)) / 3)
+        out["template_effect"] = float((xe[0] - xe[4]).abs().mean())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_pipeline(unet, te, tok, ema, path, state: dict):
+    """The EMA weights as an IFPipeline folder (UNet fp16, text encoder fp32), plus train_state.json; atomic."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    u2, t2 = copy.deepcopy(unet), copy.deepcopy(te)
+    ema.copy_to([u2, t2])
+    u2, t2 = u2.cpu(), t2.cpu()
+    u2.set_attn_processor(AttnProcessor2_0())
+    u2.to(torch.float16)
+    pipe = model.assemble_pipeline(u2, t2, tok)
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "train_state.json").write_text(json.dumps(state, indent=1, default=str))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def snapshot(run: pathlib.Path, to: pathlib.Path):
+    """Copy ``run/pipeline`` (EMA, UNet fp16) to ``to`` (e.g. training/spell/checkpoint), atomically."""
+    src = run / "pipeline"
+    tmp = to.with_name(to.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if to.exists():
+        shutil.rmtree(to)
+    os.replace(tmp, to)
+    size = sum(f.stat().st_size for f in to.rglob("*") if f.is_file())
+    st = json.loads((to / "train_state.json").read_text())
+    print(f"snapshot of step {st['step']} -> {to} ({size / 1e6:.1f} MB)")
+    return to
+
+
+def load_from(folder: pathlib.Path, unet, te=None):
+    from diffusers import UNet2DConditionModel
+    from transformers import T5EncoderModel
+
+    u = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    unet.load_state_dict(u.state_dict())
+    if te is not None:
+        t = T5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        te.load_state_dict(t.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    if args.snapshot is not None:
+        snapshot(args.snapshot, args.to)
+        return
+    torch.set_num_threads(args.threads)
+    from diffusers.models.attention_processor import AttnProcessor
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    tok = model.build_tokenizer()
+    te = model.build_text_encoder(len(tok))
+    unet = model.build_unet()
+    sched = model.build_train_scheduler()
+    step, wall, start_step, origin = 0, 0.0, 0, "scratch"
+    ckpt_path = out / "ckpt.pt"
+    resuming = args.resume and ckpt_path.exists()
+    if not resuming and args.init_from is not None:
+        load_from(args.init_from, unet, te)
+        st = json.loads((args.init_from / "train_state.json").read_text())
+        step = start_step = int(st["step"])
+        wall = float(st.get("wall_seconds", 0.0))
+        origin = f"init-from {args.init_from} (step {step})"
+        print(f"warm start from {args.init_from} at step {step}", flush=True)
+    elif not resuming and args.unet_from is not None:
+        load_from(args.unet_from, unet)
+        origin = f"unet-from {args.unet_from}"
+        print(f"UNet warm start from {args.unet_from}", flush=True)
+    dev = torch.device(args.device)
+    if dev.type == "cpu":
+        unet.set_attn_processor(AttnProcessor())  # plain attention: faster backward on CPU than SDPA
+    unet.to(dev), te.to(dev)
+    params = [{"params": list(unet.parameters()), "lr": args.lr}, {"params": list(te.parameters()), "lr": args.text_lr}]
+    opt = torch.optim.AdamW(params, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = EMA([unet, te], args.ema)
+    gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
+    if resuming:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"]), opt.load_state_dict(ck["opt"])
+        ema.shadow = [[s.to(dev) for s in sh] for sh in ck["ema"]]
+        gen.set_state(ck["gen"])
+        step, wall, start_step, origin = ck["step"], ck["wall"], ck.get("start_step", 0), ck.get("origin", "?")
+        print(f"resumed from step {step} ({wall / 60:.1f} min)", flush=True)
+        for f in ("loss.csv", "probe.csv"):  # drop rows logged after the checkpoint
+            fp = out / f
+            if fp.exists():
+                lines = fp.read_text().splitlines(keepends=True)
+                fp.write_text("".join(ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step))
+    elif args.init_from is None:
+        for f in ("loss.csv", "probe.csv"):
+            (out / f).unlink(missing_ok=True)
+
+    T = sched.config.num_train_timesteps
+    acp = sched.alphas_cumprod.float().to(dev)
+    bf16 = not args.no_bf16
+    ids_null, mask_null = model.tokenize(tok, [""])
+    recipe = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
+    recipe.update(unet_params=model.count_params(unet), text_params=model.count_params(te), origin=origin,
+                  unet_config=model.UNET_CONFIG, text_config=model.TEXT_CONFIG, height=data.HEIGHT, width=data.WIDTH)
+    prober = Prober()
+    probe_unet, probe_te = copy.deepcopy(unet), copy.deepcopy(te)
+    last_probe: dict = {}
+
+    def run_probe():
+        ema.copy_to([probe_unet, probe_te])
+        return prober(probe_unet, probe_te, tok, sched, bf16)
+
+    def save():
+        ck = {"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow,
+              "gen": gen.get_state(), "step": step, "wall": wall, "start_step": start_step, "origin": origin}
+        torch.save(ck, str(ckpt_path) + ".tmp")
+        os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        state = dict(step=step, wall_seconds=round(wall, 1), seed=args.seed, batch=args.batch, origin=origin,
+                     probe=last_probe, saved=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                     recipe=recipe)
+        export_pipeline(unet, te, tok, ema, out / "pipeline", state)
+        (out / "train.json").write_text(json.dumps(state, indent=1, default=str))
+
+    loss_f = open(out / "loss.csv", "a", newline="")
+    lw = csv.writer(loss_f)
+    if loss_f.tell() == 0:
+        lw.writerow(["step", "loss", "lr", "wall_s"])
+    probe_f = open(out / "probe.csv", "a", newline="")
+    pw = None
+    unet.train(), te.train()
+    t_start = time.time()
+    print(f"training from step {step} ({origin}); unet {recipe['unet_params']:,} text {recipe['text_params']:,}", flush=True)
+    while step < args.steps:
+        t0 = time.time()
+        for g, base in zip(opt.param_groups, (args.lr, args.text_lr)):
+            g["lr"] = base * lr_factor(step, args, start_step)
+        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+        x0 = data.to_tensor(images).to(dev)
+        ids, mask = model.tokenize(tok, prompts)
+        drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
+        ids[drop], mask[drop] = ids_null[0], mask_null[0]
+        noisy = torch.rand(args.batch, generator=gen) < args.noisy_frac
+        t_lo = torch.where(noisy, int(args.noisy_from * T), 0)
+        t = t_lo + (torch.rand(args.batch, generator=gen) * (T - t_lo)).long().clamp(max=T - 1)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        ids, mask, t = ids.to(dev), mask.to(dev), t.to(dev)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            e = te(ids, attention_mask=mask)[0]
+            pred = unet(xt, t, encoder_hidden_states=e).sample[:, :3]
+        loss = F.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
+        opt.step()
+        ema.update([unet, te], step)  # absolute step: a warm start keeps the full EMA decay
+        step += 1
+        wall += time.time() - t0
+        lw.writerow([step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{wall:.1f}"])
+        if step % 25 == 0:
+            loss_f.flush()
+            print(f"step {step} loss {loss.item():.4f} wall {wall / 60:.1f} min", flush=True)
+        stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
+        if step % args.probe_every == 0 or step == args.steps or stop:
+            pr = run_probe()
+            pr = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in pr.items()}}
+            last_probe = pr
+            if pw is None:
+                pw = csv.DictWriter(probe_f, fieldnames=list(pr))
+                if probe_f.tell() == 0:
+                    pw.writeheader()
+            pw.writerow(pr)
+            probe_f.flush()
+            print(json.dumps(pr), flush=True)
+        if step % args.ckpt_every == 0 or step == args.steps or stop:
+            loss_f.flush()
+            save()
+        if stop:
+            break
+    loss_f.close(), probe_f.close()
+    print(f"done: {step} steps, {wall / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
