@@ -186,3 +186,16 @@ def test_bad_requests_are_refused(probe_factory):
         probe_factory("sd3").run([Variant(PROMPT, (ReplaceAttention(source="a", sites="joint:0"),))], steps=STEPS)
     with pytest.raises(InterventionError, match="one CFG half"):
         AttentionMap(cfg="both")
+
+
+def test_the_sweep_report_shows_attention_overlays(probe_factory, tmp_path):
+    from _synthetic import make_results
+
+    from diffprobe.report import write_report
+
+    result = attend(probe_factory("sd15"), [PROMPT, 'A <b>cat</b> says "MEOW"'], steps=STEPS, sites="cross:0",
+                    words=["STOP", "MEOW"])
+    assert np.isnan(result.words.sel(word="MEOW").values[0]).all()  # not in the first prompt
+    page = write_report(make_results(), tmp_path / "r.html", attention=result).read_text()
+    assert "id='attention'" in page and "attn-0-0" in page and "attn-0-1" not in page  # no overlay for a NaN map
+    assert "<b>cat" not in page and "&lt;b&gt;cat" in page
