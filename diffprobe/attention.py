@@ -45,6 +45,7 @@ from .plan import Plan, Variant
 __all__ = ["AttentionResult", "attend", "run", "word_maps", "token_table", "overlay_figure", "overlay_png",
            "probabilities", "SUPPORTED_PROCESSORS"]
 
+
 # -- after the run --------------------------------------------------------------------------------------------------
 def _grid(n: int, height: int, width: int) -> tuple[int, int]:
     """(rows, columns) of ``n`` image tokens laid out row-major over an image of ``height`` x ``width``."""
