@@ -272,6 +272,6 @@ def dataset_html(ds: Any, metric: str | None = None) -> str:
     lower = " (lower is better)" if lower_is_better(metric) else ""
     caption = (f"{ds.attrs.get('model', 'sweep')}: mean {metric}{lower} over pairs and seeds, "
                f"{group or 'site'} × {cols or 'cell'}; {done} of {total} cells finished; ★ the best site")
-    return (f"<table {_TABLE}><caption style='text-align:left;font-weight:bold'>{escape(caption)}</caption>"
+    return (f"<div style='font:bold 12px monospace'>{escape(caption)}</div><table {_TABLE}>"
             f"<thead><tr><th style='padding:1px 8px'>{escape(group or 'site')} \\ {escape(cols or '')}</th>{header}</tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table>")

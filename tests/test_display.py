@@ -59,7 +59,7 @@ def test_catalogue_and_probe_show_as_tables(probe_factory, meta_factory):
 def test_ds_dp_shows_the_heatmap_table():
     ds = make_results()
     html = ds.dp._repr_html_()
-    assert html.startswith("<table") and "ocr_f1_target" in html
+    assert "<table" in html and "ocr_f1_target" in html
     assert html.count("<tr>") == ds.sizes["site"] + 1 and "★" in html
     assert "cross:2 ★" in html  # the synthetic sweep's localized site, as the ranking says
     assert "background:rgb(" in html and "<script" not in html
