@@ -1,15 +1,19 @@
 """Scores for generated images: OCR text metrics, image alignment, CLIP-T, selectable by name.
 
-See ``docs/metrics.md`` for the definitions. ``compute`` is the entry point experiments use;
+See ``docs/metrics.md`` for the definitions (diffprobe's own and, side by side, the paper's ``paper_*``). ``compute`` is the entry point experiments use;
 the per-sample functions are re-exported for notebooks.
 """
 from diffprobe.metrics.clip import clip_score
 from diffprobe.metrics.image import mse, psnr, ssim
+from diffprobe.metrics.ocr import ENGINES as OCR_ENGINES
 from diffprobe.metrics.ocr import read_text, read_texts
 from diffprobe.metrics.registry import (
     DEFAULT_METRICS, METRICS, compute, list_metrics, lower_is_better, unavailable, validate,
 )
-from diffprobe.metrics.text import char_f1, char_precision_recall, exact_match, levenshtein, set_f1
+from diffprobe.metrics.text import (
+    char_f1, char_precision_recall, exact_match, levenshtein, paper_accuracy, paper_levenshtein,
+    paper_precision_recall, paper_set_f1, set_f1,
+)
 
 __all__ = [
     "read_text",
@@ -17,6 +21,11 @@ __all__ = [
     "char_precision_recall",
     "char_f1",
     "set_f1",
+    "paper_precision_recall",
+    "paper_accuracy",
+    "paper_levenshtein",
+    "paper_set_f1",
+    "OCR_ENGINES",
     "exact_match",
     "levenshtein",
     "mse",

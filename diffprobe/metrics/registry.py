@@ -10,6 +10,11 @@ Text metrics come in two flavours, against the *target* text (did the edit write
 and against the *source* text (is the old word gone?). Image metrics compare each image with the
 unpatched image of the same pair and seed. ``clip_t`` needs local CLIP weights and is not in
 ``DEFAULT_METRICS``; ``unavailable`` says which metrics cannot run here and why.
+
+The ``paper_*`` metrics reproduce the paper's evaluation code (looser than diffprobe's own
+``ocr_*`` / ``exact_*`` / ``lev_*``; see ``diffprobe.metrics.text``); they are cheap once OCR ran,
+so they are in ``DEFAULT_METRICS`` and sweeps record both. The paper's F1 of a set of samples is
+``paper_set_f1(ds["paper_precision_target"], ds["paper_recall_target"])``.
 """
 from __future__ import annotations
 
@@ -66,12 +71,31 @@ def _text_metrics(against: str) -> list[Metric]:
             for stem, desc, fn in specs]
 
 
+def _paper_metrics(against: str) -> list[Metric]:
+    """The paper's own definitions (its evaluation code), for digit-for-digit comparison with its tables."""
+    what = f"the {against} text"
+    specs = [
+        ("paper_precision", f"the paper's character precision vs {what} (whitespace counts, /(len+1e-8))",
+         lambda ocr, text: _text.paper_precision_recall(ocr, text)[0]),
+        ("paper_recall", f"the paper's character recall vs {what} (whitespace counts, /(len+1e-8))",
+         lambda ocr, text: _text.paper_precision_recall(ocr, text)[1]),
+        ("paper_acc", f"the paper's accuracy: 1 if the reading is an anagram of {what} (whitespace dropped)",
+         _text.paper_accuracy),
+        ("paper_lev", f"the paper's Levenshtein distance, lower-cased, whitespace kept, vs {what}",
+         lambda ocr, text: float(_text.paper_levenshtein(ocr, text))),
+    ]
+    return [Metric(f"{stem}_{against}", desc, frozenset({"ocr"}), fn, against, lower_is_better=stem == "paper_lev")
+            for stem, desc, fn in specs]
+
+
 _IMAGE = frozenset({"source_images"})
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
         *_text_metrics("target"),
         *_text_metrics("source"),
+        *_paper_metrics("target"),
+        *_paper_metrics("source"),
         Metric("mse", "mean squared error vs the unpatched source image (0-255, float)", _IMAGE, _image.mse,
                lower_is_better=True),
         Metric("psnr", "PSNR in dB vs the unpatched source image (peak 255; inf if identical)", _IMAGE, _image.psnr),
@@ -116,14 +140,19 @@ def validate(names: Sequence[str]) -> list[str]:
     return names
 
 
-def unavailable(names: Sequence[str] | None = None, *, clip_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """For each metric (all by default) that cannot run on this machine, the reason and the fix."""
+def unavailable(
+    names: Sequence[str] | None = None, *, clip_dir: str | os.PathLike | None = None, engine: str = _ocr.DEFAULT_ENGINE
+) -> dict[str, str]:
+    """For each metric (all by default) that cannot run on this machine, the reason and the fix.
+
+    OCR metrics are checked for the OCR ``engine`` (``"tesseract"`` or ``"easyocr"``)."""
     names = list(METRICS) if names is None else validate(names)
+    ocr_reason = _ocr.engine_unavailable_reason(engine)
     reasons = {}
     for name in names:
         needs = METRICS[name].needs
-        if "ocr" in needs and not _ocr.tesseract_available():
-            reasons[name] = f"Tesseract OCR binary not found. {_ocr.INSTALL_HINT}"
+        if "ocr" in needs and ocr_reason:
+            reasons[name] = ocr_reason
         elif "clip" in needs and (reason := _clip.clip_unavailable_reason(clip_dir)):
             reasons[name] = reason
     return reasons
@@ -139,9 +168,14 @@ def compute(
     ocr_texts: Sequence[str] | None = None,
     prompts: Sequence[str] | None = None,
     clip_dir: str | os.PathLike | None = None,
+    engine: str = _ocr.DEFAULT_ENGINE,
 ) -> dict[str, np.ndarray]:
-    """Score a batch: one float64 array of length ``n`` per name, plus ``"ocr_text"`` when OCR was used."""
+    """Score a batch: one float64 array of length ``n`` per name, plus ``"ocr_text"`` when OCR was used.
+
+    ``engine`` is the OCR engine (``"tesseract"``, the default, or ``"easyocr"``); it is not used
+    when ``ocr_texts`` are given."""
     names = validate(names)
+    _ocr._check_engine(engine)
     images = np.asarray(images)
     if images.ndim != 4:
         raise MetricError(f"compute expects images shaped (sample, height, width, 3); got {images.shape}.")
@@ -163,7 +197,7 @@ def compute(
     out: dict[str, np.ndarray] = {}
     if "ocr" in needs:
         if ocr_texts is None:
-            ocr_texts = _ocr.read_texts(images)
+            ocr_texts = _ocr.read_texts(images, **({} if engine == _ocr.DEFAULT_ENGINE else {"engine": engine}))
         _check_length("ocr_texts", ocr_texts, n)
         out["ocr_text"] = np.asarray([str(t) for t in ocr_texts], dtype=object)
     texts = {"target": list(target_texts), "source": list(source_texts)}

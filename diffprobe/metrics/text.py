@@ -15,6 +15,19 @@ reading nothing, and a spurious reading of an empty text earns no recall.
 
 Over a set of samples the paper's F1 is the harmonic mean of the *mean* precision and the *mean*
 recall (``set_f1``), which is not the mean of per-sample F1s (``char_f1``); both are provided.
+
+**The paper's own definitions** (``paper_*``) reproduce its evaluation code rather than the
+definitions above, so a number can be compared with the paper's tables digit for digit. They are
+looser and differ in four places (docs/metrics.md puts them side by side):
+
+* each string is taken character by character, each character stripped and lower-cased, so a
+  whitespace character becomes ``""``: it still counts in the length and it matches a whitespace
+  of the other string; precision and recall divide by ``length + 1e-8``, so two empty strings
+  score ``(0, 0)`` and a perfect read scores ``4 / (4 + 1e-8)``, not 1 (``paper_precision_recall``);
+* "accuracy" is an **anagram** test: the sorted characters, whitespace removed, are equal
+  (``"pots"`` is a correct read of ``"stop"``; two empty strings are correct) (``paper_accuracy``);
+* Levenshtein on the lower-cased strings with no whitespace handling (``paper_levenshtein``);
+* the F1 of a set adds ``1e-6`` to the denominator (``paper_set_f1``).
 """
 from __future__ import annotations
 
@@ -26,7 +39,8 @@ from rapidfuzz.distance import Levenshtein
 
 from diffprobe.errors import MetricError
 
-__all__ = ["char_precision_recall", "char_f1", "set_f1", "exact_match", "levenshtein", "normalize"]
+__all__ = ["char_precision_recall", "char_f1", "set_f1", "exact_match", "levenshtein", "normalize",
+           "paper_precision_recall", "paper_accuracy", "paper_levenshtein", "paper_set_f1"]
 
 
 def normalize(text: str) -> str:
@@ -54,12 +68,40 @@ def char_f1(ocr: str, text: str) -> float:
 
 def set_f1(precisions: Sequence[float], recalls: Sequence[float]) -> float:
     """The paper's F1 over a set: ``2 mean(P) mean(R) / (mean(P) + mean(R))``."""
-    p, r = np.asarray(precisions, dtype=np.float64), np.asarray(recalls, dtype=np.float64)
-    if p.shape != r.shape or p.ndim != 1:
-        raise MetricError(f"set_f1 needs two 1-d sequences of equal length; got shapes {p.shape} and {r.shape}.")
-    if p.size == 0:
-        raise MetricError("set_f1 needs at least one sample; got empty precision and recall.")
-    return _harmonic(float(p.mean()), float(r.mean()))
+    p, r = _means(precisions, recalls, "set_f1")
+    return _harmonic(p, r)
+
+
+def paper_precision_recall(ocr: str, text: str) -> tuple[float, float]:
+    """Precision and recall exactly as the paper's evaluation code computes them.
+
+    Both strings are split into characters, each character stripped and lower-cased (whitespace
+    becomes ``""`` and still counts); ``matched`` is the size of the multiset intersection;
+    ``P = matched / (len(ocr) + 1e-8)``, ``R = matched / (len(text) + 1e-8)``. Two empty strings
+    give ``(0.0, 0.0)``."""
+    read, want = _paper_chars(ocr), _paper_chars(text)
+    matched = sum((Counter(read) & Counter(want)).values())
+    return matched / (len(read) + 1e-8), matched / (len(want) + 1e-8)
+
+
+def paper_accuracy(ocr: str, text: str) -> float:
+    """The paper's "accuracy": 1.0 when the sorted, lower-cased characters (whitespace dropped) are
+    equal, else 0.0. An anagram counts: ``paper_accuracy("pots", "stop") == 1.0``."""
+    return float("".join(sorted(_paper_chars(ocr))) == "".join(sorted(_paper_chars(text))))
+
+
+def paper_levenshtein(ocr: str, text: str) -> int:
+    """The paper's edit distance: Levenshtein on the lower-cased strings, whitespace kept as it is."""
+    return int(Levenshtein.distance(str(ocr).lower(), str(text).lower()))
+
+
+def paper_set_f1(precisions: Sequence[float], recalls: Sequence[float]) -> float:
+    """The paper's F1 of a set of samples: ``2 mean(P) mean(R) / (mean(P) + mean(R) + 1e-6)``.
+
+    Pass the ``paper_precision_*`` and ``paper_recall_*`` arrays of a result (or diffprobe's
+    ``ocr_precision_*`` / ``ocr_recall_*``; ``set_f1`` is the same without the ``1e-6``)."""
+    p, r = _means(precisions, recalls, "paper_set_f1")
+    return 2.0 * p * r / (p + r + 1e-6)
 
 
 def exact_match(ocr: str, text: str) -> bool:
@@ -70,6 +112,19 @@ def exact_match(ocr: str, text: str) -> bool:
 def levenshtein(ocr: str, text: str) -> int:
     """Edit distance between the lower-cased, whitespace-normalised reading and text (rapidfuzz)."""
     return int(Levenshtein.distance(normalize(ocr), normalize(text)))
+
+
+def _means(precisions: Sequence[float], recalls: Sequence[float], who: str) -> tuple[float, float]:
+    p, r = np.asarray(precisions, dtype=np.float64), np.asarray(recalls, dtype=np.float64)
+    if p.shape != r.shape or p.ndim != 1:
+        raise MetricError(f"{who} needs two 1-d sequences of equal length; got shapes {p.shape} and {r.shape}.")
+    if p.size == 0:
+        raise MetricError(f"{who} needs at least one sample; got empty precision and recall.")
+    return float(p.mean()), float(r.mean())
+
+
+def _paper_chars(text: str) -> list[str]:
+    return [c.strip().lower() for c in str(text)]
 
 
 def _chars(text: str) -> Counter[str]:
