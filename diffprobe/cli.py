@@ -318,10 +318,9 @@ def _run_with_progress(spec, out: Path, quiet: bool, cluster: Optional[str] = No
             return run(spec, probe=probe, store=out, progress=progress, client=client)
         except KeyboardInterrupt:
             bar.stop()
-            Console(stderr=True).print(
+            raise _interrupted(
                 f"[yellow]interrupted:[/] finished batches are kept in {out}; run the same command again to resume."
-            )
-            raise typer.Exit(130)
+            ) from None
 
 
 def _write_outputs(ds, out: Path) -> None:
@@ -336,10 +335,9 @@ def _write_outputs(ds, out: Path) -> None:
         report = write_report(ds, out / "report.html", metric=metric)
         _save_images(ds, out / "images")
     except KeyboardInterrupt:
-        Console(stderr=True).print(
+        raise _interrupted(
             f"[yellow]interrupted while writing the report:[/] the results are saved in {out / 'results.nc'}; "
-            f"`diffprobe report {out}` rebuilds the report.", highlight=False)
-        raise typer.Exit(130)
+            f"`diffprobe report {out}` rebuilds the report.") from None
     console = Console()  # --quiet silences progress, not the summary
     console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}", markup=False)
     if "site" in ds.dims:
@@ -544,18 +542,35 @@ def localize(
     typer.echo("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}")
 
 
+INTERRUPTED = 130
+
+
+def _interrupted(message: str) -> "typer.Exit":
+    """Say what Ctrl-C kept, once, and exit 130."""
+    from rich.console import Console
+
+    Console(stderr=True).print(message, highlight=False)
+    _state["interrupt_said"] = True
+    return typer.Exit(INTERRUPTED)
+
+
 def main() -> int:
-    """The console entry point: exit 0 on success, 2 on a refused input, 130 on Ctrl-C (never a traceback)."""
+    """The console entry point: exit 0 on success, 2 on a refused input, 130 on Ctrl-C (never a traceback).
+
+    typer turns a Ctrl-C that no command handled (e.g. while a model loads) into a silent exit 130; this says so."""
     import click
 
+    _state["interrupt_said"] = False
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        sys.stderr.write("\ninterrupted; nothing was lost (a sweep keeps its finished batches: rerun to resume).\n")
-        return 130
+        code = INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    if code == INTERRUPTED and not _state["interrupt_said"]:
+        sys.stderr.write("\ninterrupted before any result was written; nothing was lost (a sweep keeps its finished "
+                         "batches: rerun the command to resume).\n")
     return code if isinstance(code, int) else 0
 
 

@@ -143,3 +143,22 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_batches(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert (out / "results.nc").exists()
+
+
+@pytest.mark.parametrize("delay", [0.2, 4.0])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
+    """While diffprobe imports (0.2 s) or loads the model (4 s), Ctrl-C exits 130 with a sentence, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).parent / "diffprobe"  # the console command, installed with the package
+    assert exe.exists(), "the console command is installed by make test"
+    proc = subprocess.Popen([str(exe), "sweep", "--bench", "glyph", "--n", "1", "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
