@@ -341,12 +341,15 @@ def _write_outputs(ds, out: Path) -> None:
     console = Console()  # --quiet silences progress, not the summary
     console.print(f"results: {out / 'results.nc'}\nreport:  {report}\nimages:  {out / 'images'}", markup=False)
     if "site" in ds.dims:
+        top = rank_sites(ds, metric, k=5)
+        paper = any(s.paper_set_f1 is not None for s in top)
         table = Table(title=f"top sites by {metric} (the report's ranking)")
-        for col in ("site", "name", metric, "best cell"):
+        for col in ("site", "name", metric, *(["paper set F1"] if paper else []), "best cell"):
             table.add_column(col)
-        for s in rank_sites(ds, metric, k=5):
+        for s in top:
             cell = ", ".join(f"{k} {v}" for k, v in s.best.items())
-            table.add_row(s.label, s.name, f"{s.mean:.3f}", cell)
+            extra = ["-" if s.paper_set_f1 is None else f"{s.paper_set_f1:.3f}"] if paper else []
+            table.add_row(s.label, s.name, f"{s.mean:.3f}", *extra, cell)
         console.print(table)
 
 

@@ -43,6 +43,9 @@ class SiteScore:
     mean: float
     n: int
     best: dict[str, Any]
+    #: the paper's set F1 (2 mean(P) mean(R) / (mean(P) + mean(R) + 1e-6) of the paper_* precision and recall)
+    #: in the same cell, against the text the metric is about; None when the dataset has no paper_* metrics
+    paper_set_f1: float | None = None
 
 
 def metric_names(ds: xr.Dataset) -> list[str]:
@@ -122,8 +125,25 @@ def site_scores(ds: xr.Dataset, metric: str, t_start: int | None = None) -> list
         best = {d: means[d].values[i].item() for d, i in zip(cell_dims, best_at)}
         value = float(cells[best_at]) if cell_dims else float(cells)
         n = int(counts.isel({group: pos}).transpose(*cell_dims).values[best_at]) if cell_dims else int(counts.isel({group: pos}))
-        out.append(_score(ds, group, pos, value, n, best))
+        cell = {group: pos, **({"t_start": t_start} if t_start is not None else {})}
+        out.append(_score(ds, group, pos, value, n, best, _paper_set_f1(ds, metric, cell, best)))
     return out
+
+
+def _paper_set_f1(ds: xr.Dataset, metric: str, position: dict, best: dict) -> float | None:
+    """The paper's set F1 over the pairs and seeds of one cell, against the text ``metric`` is about."""
+    from .metrics import paper_set_f1
+
+    against = "source" if metric.endswith("_source") else "target"
+    names = (f"paper_precision_{against}", f"paper_recall_{against}")
+    if not all(n in ds for n in names):
+        return None
+    group = next(iter(position))
+    where = {group: position[group]}
+    p, r = (ds[n].isel(where).sel({k: v for k, v in {**position, **best}.items() if k != group}) for n in names)
+    p, r = p.values.ravel(), r.values.ravel()
+    keep = ~(np.isnan(p) | np.isnan(r))
+    return float(paper_set_f1(p[keep], r[keep])) if keep.any() else None
 
 
 def rank_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int | None = None,
@@ -135,9 +155,10 @@ def rank_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int | None = No
     return ranked if k is None else ranked[:k]
 
 
-def _score(ds: xr.Dataset, group: str, pos: int, mean: float, n: int, best: dict) -> SiteScore:
+def _score(ds: xr.Dataset, group: str, pos: int, mean: float, n: int, best: dict,
+           set_f1: float | None) -> SiteScore:
     coord = lambda name, default: str(ds[name].values[pos]) if name in ds.coords else default  # noqa: E731
     index = int(ds[group].values[pos])
     label = coord("site_label", "") or coord("sites_used", f"{group} {index}")
     return SiteScore(position=pos, index=index, label=label, name=coord("site_name", label),
-                     kind=coord("site_kind", ""), mean=mean, n=n, best=best)
+                     kind=coord("site_kind", ""), mean=mean, n=n, best=best, paper_set_f1=set_f1)

@@ -43,3 +43,26 @@ def test_a_chosen_window_and_localized(ds):
     at_4 = ds["ocr_f1_target"].sel(t_start=4).mean(("pair", "seed"))
     assert ds.dp.best_sites("ocr_f1_target", k=1, t_start=4).item() == pytest.approx(float(at_4.max()))
     assert ds.dp.localized("ocr_f1_target", threshold=0.7) == ["cross:2"]
+
+
+def test_the_papers_set_f1_stands_next_to_the_mean_f1(ds):
+    """With paper_* metrics in the dataset, best_sites, the report and the CLI show the paper's set F1 of the
+    same cell (2 mean(P) mean(R) / (mean(P) + mean(R) + 1e-6))."""
+    rng = np.random.default_rng(1)
+    p = ds["ocr_f1_target"].clip(0, 1) * 0 + rng.uniform(0, 1, ds["ocr_f1_target"].shape)
+    r = ds["ocr_f1_target"].clip(0, 1) * 0 + rng.uniform(0, 1, ds["ocr_f1_target"].shape)
+    with_paper = ds.assign(paper_precision_target=p.where(ds["done"]), paper_recall_target=r.where(ds["done"]))
+    best = with_paper.dp.best_sites("ocr_f1_target", k=2)
+    top = rank_sites(with_paper, "ocr_f1_target", 2)
+    for i, s in enumerate(top):
+        cell = dict(site=s.index, **s.best)
+        pv, rv = (np.asarray(with_paper[v].sel(cell).values).ravel() for v in ("paper_precision_target",
+                                                                              "paper_recall_target"))
+        keep = ~np.isnan(pv)
+        mp, mr = pv[keep].mean(), rv[keep].mean()
+        assert s.paper_set_f1 == pytest.approx(2 * mp * mr / (mp + mr + 1e-6))
+        assert float(best.paper_set_f1.values[i]) == pytest.approx(s.paper_set_f1)
+    from diffprobe.report.html import _sites_section
+
+    assert "paper set F1" in _sites_section(top, "ocr_f1_target")
+    assert "paper_set_f1" not in ds.dp.best_sites("ocr_f1_target", k=2).coords  # absent without paper_* metrics

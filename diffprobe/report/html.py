@@ -231,18 +231,27 @@ def _summary_section(summary: str | list[str] | None) -> str:
 
 def _sites_section(top: list[SiteScore], metric: str) -> str:
     better = "lowest" if lower_is_better(metric) else "highest"
+    paper = any(s.paper_set_f1 is not None for s in top)  # the paper's own headline figure, when recorded
+
+    def set_f1(s: SiteScore) -> str:
+        return f"<td class='num'>{'-' if s.paper_set_f1 is None else f'{s.paper_set_f1:.3f}'}</td>" if paper else ""
+
     rows = "".join(
         f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
-        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td><td class='num'>{s.n}</td>"
+        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td>{set_f1(s)}<td class='num'>{s.n}</td>"
         f"<td>{escape(_cell_text(s.best))}</td></tr>"
         for rank, s in enumerate(top, 1)
     )
+    paper_head = "<th>paper set F1</th>" if paper else ""
+    paper_note = (" <i>paper set F1</i> is the paper's own figure in the same cell: 2&middot;mean(P)&middot;mean(R) / "
+                  "(mean(P) + mean(R)) of its lower-cased, anagram-tolerant character precision and recall "
+                  "(docs/metrics.md), so it compares directly with the paper's tables." if paper else "")
     return (
         f"<section id='sites'><h2>Localized sites</h2><p class='note'>The {len(top)} sites with the {better} "
         f"{escape(metric)}: each site's mean over pairs and seeds in its best cell (step window, head), "
-        "unfinished cells left out; the same ranking as <code>ds.dp.best_sites</code> and the CLI.</p>"
+        f"unfinished cells left out; the same ranking as <code>ds.dp.best_sites</code> and the CLI.{paper_note}</p>"
         "<table><thead><tr><th>#</th><th>site</th><th>kind</th><th>index</th>"
-        f"<th>mean {escape(metric)}</th><th>n</th><th>best cell</th></tr></thead>"
+        f"<th>mean {escape(metric)}</th>{paper_head}<th>n</th><th>best cell</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
     )
 
