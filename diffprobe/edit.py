@@ -33,7 +33,8 @@ from .errors import InterventionError
 from .interventions import Inject, Patch, ReplaceAttention
 from .plan import Variant
 
-__all__ = ["EditResult", "edit_text", "target_prompt", "resolve_sites", "glyph_text_box", "compare", "markdown_table"]
+__all__ = ["EditResult", "edit_text", "target_prompt", "resolve_sites", "glyph_text_box", "compare", "time_methods",
+           "markdown_table"]
 
 
 @dataclass
@@ -218,6 +219,23 @@ def compare(probe, pairs, *, top: Sequence[str], t_start: int, steps: int = 25, 
         rows.append(dict(method=name, seconds=seconds, **_scores(images, sources, cells, box, read_texts, char_f1,
                                                                  exact_match)))
     return rows
+
+
+def time_methods(probe, pairs, *, top: Sequence[str], t_start: int, steps: int = 25, seed: int = 0,
+                 tau: float = 0.8, repeats: int = 3, guidance=None) -> dict[str, float]:
+    """Seconds per edit of each method: batches over ``pairs``, the methods interleaved ``repeats`` times, medians
+    (so the load of a shared machine hits every method alike). Prompt-to-prompt's batch holds the source rows too."""
+    import statistics
+
+    methods = _methods(probe, top, t_start, steps, tau)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, make in methods.items():
+            variants = [Variant(*make(p.source_prompt, p.target_prompt), seed) for p in pairs]
+            t0 = time.perf_counter()
+            probe.run(variants, steps=steps, guidance=guidance)
+            times[name].append((time.perf_counter() - t0) / len(pairs))
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def _scores(images, sources, cells, box, read_texts, char_f1, exact_match) -> dict[str, float]:
