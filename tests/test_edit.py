@@ -120,3 +120,16 @@ def test_edit_command_and_its_one_line_errors(tiny_dirs, tmp_path):
                               "--t-start", "1", "--steps", "2", "--out", str(tmp_path / "e")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "e" / "edited.png").exists() and (tmp_path / "e" / "edit.html").exists()
+
+
+def test_edit_compare_command_writes_the_table(tiny_dirs, tmp_path):
+    from diffprobe.metrics.ocr import engine_unavailable_reason
+
+    if engine_unavailable_reason() is not None:
+        pytest.skip("needs Tesseract")
+    res = runner.invoke(app, ["edit", "--model", str(tiny_dirs("sd15")), "--compare", "1", "--sites", "cross:1",
+                              "--t-start", "1", "--steps", "2", "--out", str(tmp_path / "c")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "c" / "comparison.md").read_text()
+    assert "prompt-to-prompt" in table and "localized top-1 (cross:1)" in table
+    assert json.loads((tmp_path / "c" / "comparison.json").read_text())["rows"][0]["method"].startswith("source")
