@@ -101,12 +101,30 @@ class MapStore:
             modules[sp.site.name] = module
         store = cls(modules, probe.adapter.family, text_len)
         for sp in mapped:
+            _check_replace(sp)
+            seen = set()
             for op in sp.attn:
-                if op.source is None:
-                    store.settings[(op.name, op.variant)] = op
-                    store.sites.setdefault(op.name, []).append(sp.site.label)
-                    store.steps.setdefault(op.name, set()).update(op.steps)
+                if op.source is not None:
+                    continue
+                key = (op.name, op.variant)
+                first = store.settings.setdefault(key, op)
+                if key in seen or (first.reduce, first.per_step) != (op.reduce, op.per_step):
+                    raise InterventionError(
+                        f"variant {op.variant} has two AttentionMap captures named {op.name!r} that overlap at "
+                        f"{sp.site.label} or disagree on reduce/per_step; give them different name=.", field="name")
+                seen.add(key)
+                store.sites.setdefault(op.name, []).append(sp.site.label)
+                store.steps.setdefault(op.name, set()).update(op.steps)
         return store
+
+
+def _check_replace(sp) -> None:
+    """ReplaceAttention and a per-head Scale both write the input of ``to_out.0``: refuse them at one site and step."""
+    replace = [op for op in sp.attn if op.source is not None]
+    heads = [op for op in sp.out if op.heads is not None]
+    if any(r.row == h.row and r.steps & h.steps for r in replace for h in heads):
+        raise InterventionError(f"ReplaceAttention and a per-head Scale/Ablate act on the same row at {sp.site.label} "
+                                "and step; split them into separate variants.")
 
 
 class SiteReader:

@@ -199,3 +199,15 @@ def test_the_sweep_report_shows_attention_overlays(probe_factory, tmp_path):
     page = write_report(make_results(), tmp_path / "r.html", attention=result).read_text()
     assert "id='attention'" in page and "attn-0-0" in page and "attn-0-1" not in page  # no overlay for a NaN map
     assert "<b>cat" not in page and "&lt;b&gt;cat" in page
+
+
+def test_conflicting_map_requests_are_refused(probe_factory):
+    from diffprobe import Scale
+
+    probe = probe_factory("sd15")
+    twice = (AttentionMap(sites="cross:0-1"), AttentionMap(sites="cross:1"))
+    with pytest.raises(InterventionError, match="different name"):
+        run(probe, [Variant(PROMPT, twice)], steps=STEPS)
+    both = (ReplaceAttention(source="a", sites="cross:0"), Scale(0.5, sites="cross:0", heads=[0]))
+    with pytest.raises(InterventionError, match="same row"):
+        probe.run([Variant(PROMPT, both)], steps=STEPS)
