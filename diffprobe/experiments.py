@@ -63,4 +63,9 @@ def run(spec: Experiment, *, probe=None, store: str | Path | None = None,
     """Run (or resume) an experiment; returns its results as an ``xarray.Dataset``.
 
     ``client``: a dask.distributed client to run the batches on its workers (see :mod:`diffprobe.cluster`)."""
-    return run_experiment(spec, probe=probe, store=store, progress=progress, client=client)
+    executor = None
+    if client is not None:
+        from .cluster import DaskExecutor
+
+        executor = DaskExecutor(client, spec)
+    return run_experiment(spec, probe=probe, store=store, progress=progress, executor=executor)

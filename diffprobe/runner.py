@@ -265,21 +265,16 @@ class _Local:
             yield i, (out, size)
 
 
-def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None, client=None):
+def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None, executor=None):
     """Run or resume ``spec``; returns the assembled dataset (unfinished cells NaN, ``done`` False).
 
-    With a dask.distributed ``client`` the batches run on its workers (see :mod:`diffprobe.cluster`);
-    this process only writes each finished batch into the store, once, as it arrives."""
+    ``executor`` runs the batches elsewhere (:class:`diffprobe.cluster.DaskExecutor`: on a cluster's workers);
+    this process then only writes each finished batch into the store, once, as it arrives."""
     if not isinstance(spec, Experiment):
         raise SpecError(f"run takes an Experiment; got {type(spec).__name__}. Build one with Experiment(...).")
-    if client is not None:
-        if probe is not None:
-            raise SpecError("pass either probe= (run here) or client= (run on a cluster), not both.")
-        from .cluster import DaskExecutor
-
-        executor = DaskExecutor(client, spec)
-    else:
-        executor = _Local(_probe_for(spec, probe))
+    if executor is not None and probe is not None:
+        raise SpecError("pass either probe= (run here) or client= (run on a cluster), not both.")
+    executor = executor or _Local(_probe_for(spec, probe))
     info = executor.prepare(spec)
     layout, runtime = info.layout, info.runtime
     st = Store.open(store, spec, weights=info.weights, layout=layout, runtime=runtime,
