@@ -23,6 +23,7 @@ from diffprobe import (
 )
 from diffprobe.bench import PromptPair
 from diffprobe.cli import app
+from diffprobe.interventions import KINDS
 
 PAIR = PromptPair('A sign that says "STOP".', 'A sign that says "GO".', "STOP", "GO")
 runner = CliRunner()
@@ -266,10 +267,12 @@ def test_property_experiment_works_or_raises_a_diffprobe_error(fields):
 
 
 @FAST
-@given(st.sampled_from([Patch, Inject, Ablate, Scale, Capture]),
+@given(st.sampled_from(sorted(KINDS.values(), key=lambda c: c.__name__)),
        st.dictionaries(st.sampled_from(["sites", "heads", "steps", "cfg", "source", "prompt", "negative_prompt",
-                                        "mode", "target", "prompts", "factor", "what", "name"]), VALUES, max_size=3))
+                                        "mode", "target", "prompts", "factor", "what", "name", "reduce", "per_step"]),
+                       VALUES, max_size=3))
 def test_property_interventions_work_or_raise_a_diffprobe_error(cls, kwargs):
+    """Every registered intervention kind, including ones added later (they register in KINDS)."""
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(cls)}
