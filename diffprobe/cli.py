@@ -510,8 +510,9 @@ def localize(
 ):
     """The paper's localization study end to end: single sites, step windows, layer count, held-out check.
 
-    Writes DIR/report.html (summary at the top), DIR/localized.json (the sites other commands take)
-    and one resumable store per stage; rerun to resume. See docs/localize.md.
+    Writes DIR/report.html (summary at the top) and DIR/localized.json (the sites other commands take).
+
+    One resumable store per stage: rerun the same command to resume. See docs/localize.md.
 
     Examples:
 
