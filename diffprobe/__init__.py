@@ -34,25 +34,9 @@ __all__ = [
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        if name == "load":  # the libraries' loading notices and bars are noise here (see diffprobe.display.quiet)
-            value = _quietly(value)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'diffprobe' has no attribute {name!r}")
-
-
-def _quietly(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        from . import loading
-        from .display import quiet
-
-        with quiet():
-            return getattr(loading, fn.__name__)(*args, **kwargs)
-
-    return call
 
 
 def __dir__() -> list[str]:

@@ -248,6 +248,13 @@ def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto
         offload: ``None``, ``"model"`` or ``"sequential"``: diffusers' CPU offload for models bigger than
             the GPU (weights wait on the CPU and move to ``device`` when they run; tracing works through it).
     """
+    from .display import quiet
+
+    with quiet():  # the libraries' loading notices and bars are noise here; every setting is restored after
+        return _load(model, device, dtype, offload)
+
+
+def _load(model: Any, device: Any, dtype: Any, offload: str | None):
     from .probe import Probe
 
     if offload is not None and offload not in OFFLOADS:
