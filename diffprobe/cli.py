@@ -504,6 +504,9 @@ def localize(
     metrics: Optional[str] = typer.Option(None, help="Comma-separated metric names (default all but clip_t)."),
     guidance: Optional[float] = typer.Option(None, help="CFG guidance scale (default: the pipeline's)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Variants per pipeline call."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on the CPU, the family's dtype on a GPU), "
+                              "float32, float16, bfloat16."),
     out: Path = typer.Option(Path("localize_out"), "--out", help="Output folder (re-running resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
@@ -541,7 +544,7 @@ def localize(
     study_pairs = _pairs(pairs, bench, n + held_out, pair_seed, model)
     check_out(out)  # before the model loads
     with quiet_libraries():
-        probe = load(model)
+        probe = load(model, device=device, dtype=dtype)
     result = run_localize(probe, study_pairs, out, progress=not quiet, **settings)
     typer.echo("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}")
 
