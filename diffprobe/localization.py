@@ -279,7 +279,8 @@ def localize(probe, pairs: Sequence[PromptPair], out: str | Path, *, progress: b
     localized = _localized(probe, base, study, decision, stages["confirm"])
     summary = _summary(probe, localized, stages, decision, study, len(base.pairs), len(held))
     file = _write_json(localized, out)
-    report = _report(stages, out, summary, title or f"Localization of the text on {probe.name}", study.metric)
+    maps = _attention(probe, held, localized, study)
+    report = _report(stages, out, summary, title or f"Localization of the text on {probe.name}", study.metric, maps)
     return Localization(localized=localized, stages=stages, report=report, file=file, summary=summary)
 
 
@@ -455,8 +456,24 @@ def _write_json(loc: Localized, out: Path) -> Path:
     return file
 
 
-def _report(stages, out: Path, summary: list[str], title: str, metric: str) -> Path:
+def _attention(probe, held: Sequence[PromptPair], loc: Localized, study: StudySettings, n: int = 2):
+    """Where the source word lands at the localized sites: word maps for the first ``n`` held-out pairs (two
+    small generations), shown in the report. None, with the report going without maps, when a word does not
+    map to the model's tokens or the sites have no attention to map."""
+    from .attention import attend
+    from .errors import DiffprobeError
+
+    pairs = list(held)[:n]
+    try:
+        return attend(probe, [p.source_prompt for p in pairs], steps=study.steps, sites=" ".join(loc.labels),
+                      words=list(dict.fromkeys(p.source_text for p in pairs)), seed=study.seeds[0],
+                      guidance=study.guidance)
+    except DiffprobeError:
+        return None
+
+
+def _report(stages, out: Path, summary: list[str], title: str, metric: str, attention=None) -> Path:
     from .report import write_report
 
     return write_report(stages["sites"], out / "report.html", metric=metric, counts=stages["counts"],
-                        title=title, summary=summary)
+                        title=title, summary=summary, attention=attention)

@@ -74,6 +74,7 @@ def test_report_has_the_summary_at_the_top(study):
     assert "from t_s" in result.summary[0]
     assert XSS not in html  # the hostile prompt is escaped everywhere
     assert "Localization(" in repr(result) and "<b>" in result._repr_html_()
+    assert "id='attention'" in html  # where the source word lands at the localized sites
 
 
 def test_rerun_resumes_without_running_the_model(study, monkeypatch):
