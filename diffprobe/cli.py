@@ -36,7 +36,7 @@ OPTION_OF = {
     "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
     "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
     "threads": "--threads", "n": "--n", "config": "--config", "device": "--device", "dtype": "--dtype",
-    "offload": "--offload", "cluster": "--cluster",
+    "offload": "--offload", "cluster": "--cluster", "ocr_engine": "--ocr",
 }
 
 
@@ -252,6 +252,8 @@ def sweep(
     out: Path = typer.Option(Path("diffprobe_out"), "--out", help="Output folder (re-running resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+    ocr: Optional[str] = typer.Option(None, "--ocr", help="OCR engine of the text metrics: tesseract (default) or "
+                                      "easyocr (the paper's)."),
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Run the batches on dask workers: local:N (N worker processes here) or a scheduler "
         "address tcp://host:8786 (needs diffprobe[dask])."),
@@ -274,7 +276,7 @@ def sweep(
         t_starts=_ints(t_start, "t_starts"), seeds=_ints(seeds, "seeds"),
         heads=_ints(heads, "heads"), per_head=per_head or None,
         metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=_batch_size(batch_size),
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, ocr_engine=ocr,
         grouping=grouping, counts=_ints(counts, "counts"),
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))

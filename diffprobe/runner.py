@@ -126,7 +126,7 @@ def _score(spec: Experiment, images, source_images, pairs: list[PromptPair], pro
     return compute(
         list(spec.metrics), images=images, source_images=source_images,
         source_texts=[p.source_text for p in pairs], target_texts=[p.target_text for p in pairs],
-        prompts=prompts, clip_dir=spec.clip_dir,
+        prompts=prompts, clip_dir=spec.clip_dir, engine=spec.ocr_engine,
     )
 
 
@@ -234,7 +234,15 @@ class Prepared:
 
 
 def prepare(probe, spec: Experiment) -> Prepared:
-    """Resolve the spec's sites on the model and plan every distinct cell (all refusals happen here)."""
+    """Resolve the spec's sites on the model, plan every distinct cell and check that the metrics can run
+    here (OCR engine installed, CLIP weights present): every refusal happens before the first batch."""
+    from .errors import MetricError
+    from .metrics import unavailable
+
+    missing = unavailable(list(spec.metrics), clip_dir=spec.clip_dir, engine=spec.ocr_engine)
+    if missing:
+        name, reason = next(iter(missing.items()))
+        raise MetricError(f"metric {name!r} cannot run here: {reason}", field="metrics")
     layout = resolve_layout(spec, probe.sites)
     check_cells(probe, spec, layout)
     return Prepared(layout, probe.weights_digest(), probe.runtime)

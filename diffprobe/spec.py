@@ -92,6 +92,7 @@ class Experiment:
             variants on a GPU (8 on the CPU), each run in the largest call that fits, found by halving on an
             out-of-memory error and retrying (nothing lost, nothing written twice; the size used is recorded).
         device, dtype: where the runner loads the model (see :func:`diffprobe.load`): "auto" or explicit.
+        ocr_engine: the OCR engine of the text metrics: "tesseract" (default) or "easyocr" (the paper's).
     """
 
     model: str = "glyph"
@@ -113,6 +114,7 @@ class Experiment:
     clip_dir: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    ocr_engine: str = "tesseract"
 
     def __post_init__(self):
         for name, check in _FIELD_CHECKS.items():
@@ -284,6 +286,16 @@ def _dtype(value) -> str:
     return "auto" if name == "auto" else str(DTYPES[name]).removeprefix("torch.")
 
 
+def _ocr_engine(value) -> str:
+    from .metrics import OCR_ENGINES
+
+    name = checks.text(value, "ocr_engine", SpecError, allow_empty=False).strip().lower()
+    if name not in OCR_ENGINES:
+        raise SpecError(f"ocr_engine={value!r} unknown; choose one of {', '.join(OCR_ENGINES)}."
+                        + did_you_mean(name, OCR_ENGINES))
+    return name
+
+
 #: each field's check, in declaration order; each returns the normalised value or raises a SpecError
 _FIELD_CHECKS = {
     "model": lambda v: checks.text(v, "model", SpecError, allow_empty=False),
@@ -305,4 +317,5 @@ _FIELD_CHECKS = {
     "clip_dir": _optional(lambda v: checks.text(v, "clip_dir", SpecError, allow_empty=False)),
     "device": lambda v: checks.text(v, "device", SpecError, allow_empty=False).strip().lower(),
     "dtype": _dtype,
+    "ocr_engine": lambda v: _ocr_engine(v),
 }

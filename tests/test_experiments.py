@@ -278,3 +278,14 @@ def test_an_interrupted_store_reopens_without_loading_the_model(sdxl, tmp_path, 
     partial = open_results(tmp_path / "s")
     assert int(partial["done"].sum()) < int(full["done"].sum())
     assert list(partial.site_label.values) == list(full.site_label.values)
+
+
+def test_the_ocr_engine_is_part_of_the_spec(sdxl):
+    spec = spec_for(sdxl.name, pairs=PAIRS[:1], sites="cross:0", metrics=("exact_target", "ocr_f1_target"),
+                    ocr_engine="easyocr")
+    assert spec.replace(ocr_engine="tesseract").fingerprint() != spec.fingerprint()
+    ds = run(spec, probe=sdxl)
+    assert json.loads(ds.attrs["spec"])["ocr_engine"] == "easyocr"
+    assert ds["ocr_text"].dtype == object and bool(ds["done"].all())
+    with pytest.raises(SpecError, match="ocr_engine='tesserakt' unknown.*Did you mean 'tesseract'"):
+        spec.replace(ocr_engine="tesserakt")
