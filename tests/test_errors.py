@@ -43,7 +43,7 @@ def spec(**fields) -> Experiment:
     (dict(seeds=(2**64,)), "seeds", "does not fit a 64-bit seed"),
     (dict(seeds=(1.5,)), "seeds", "integer seed"),
     (dict(seeds=5), "seeds", "must be a list"),
-    (dict(batch_size="8"), "batch_size", "must be an integer"),
+    (dict(batch_size="8"), "batch_size", "give a positive integer or 'auto'"),
     (dict(steps=3.5), "steps", "must be an integer"),
     (dict(pairs="oops"), "pairs", "must be a list"),
     (dict(heads=(1, 1)), "heads", "more than once"),
