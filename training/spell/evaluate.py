@@ -114,8 +114,8 @@ def evaluate(model_dir=None, split="heldout", n=16, samples=1, steps=25, guidanc
     images = generate(pipe, prompts, seeds, steps, guidance, batch, bf16)
     gen_s, gen_cpu = time.time() - t0, time.process_time() - c0
     res = score(images, items)
-    res.update(split=split, font=font if split != "combos" else "per combo", samples_per_prompt=samples, steps=steps, guidance=guidance, seed=seed,
-               generate_seconds=round(gen_s, 1), generate_cpu_seconds=round(gen_cpu, 1), model=str(model_dir or DEFAULT_MODEL))
+    res.update(split=split, font=font if split != "combos" else "per combo", samples_per_prompt=samples,
+               steps=steps, guidance=guidance, seed=seed, generate_seconds=round(gen_s, 1), generate_cpu_seconds=round(gen_cpu, 1), model=str(model_dir or DEFAULT_MODEL))
     if grid:
         save_grid(images, grid)
     return res
