@@ -65,13 +65,6 @@ TEXT_CONFIG = dict(
     decoder_start_token_id=0,
 )
 
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="squaredcos_cap_v2",
-    prediction_type="v_prediction",
-)
-
-
 def vocabulary() -> list[str]:
     words: list[str] = []
     for t in data.TEMPLATES:
@@ -117,46 +110,8 @@ def build_unet():
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
-def build_train_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(**SCHEDULER_CONFIG)
-
-
-def build_inference_scheduler():
-    from diffusers import DPMSolverMultistepScheduler
-
-    return DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
-
-
-def assemble_pipeline(unet, text_encoder, tokenizer, scheduler=None):
-    from diffusers import IFPipeline
-
-    return IFPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-        scheduler=scheduler or build_inference_scheduler(),
-        safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False,
-    )
-
-
-def preprocess(prompts: list[str]) -> list[str]:
-    """The text preprocessing IFPipeline applies with clean_caption=False."""
-    return [p.lower().strip() for p in prompts]
-
-
-def tokenize(tokenizer, prompts: list[str]):
-    """Token ids and mask exactly as IFPipeline.encode_prompt makes them."""
-    t = tokenizer(
-        preprocess(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True,
-        add_special_tokens=True, return_tensors="pt",
-    )
-    return t.input_ids, t.attention_mask
-
-
-def encode(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
-    ids, mask = tokenize(tokenizer, prompts)
-    return text_encoder(ids.to(text_encoder.device), attention_mask=mask.to(text_encoder.device))[0]
-
-
-def count_params(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+# The scheduler, the pipeline assembly and the IFPipeline-exact tokenization are glyph's (same schedule, same stock
+# IFPipeline, same 77-token padding); only the tokenizer, the text encoder and the UNet differ.
+from training.glyph.model import (  # noqa: E402,F401  (re-exported for train/evaluate)
+    assemble_pipeline, build_inference_scheduler, build_train_scheduler, count_params, encode, preprocess, tokenize,
+)

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.glyph.train import EMA, x0_from_v  # the same EMA and v -> x0 as glyph's
+
 from . import data, model
 
 
@@ -66,25 +68,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class EMA:
-    def __init__(self, modules, decay):
-        self.decay = decay
-        self.shadow = [[p.detach().clone().float() for p in m.parameters()] for m in modules]
-
-    @torch.no_grad()
-    def update(self, modules, step):
-        d = min(self.decay, (1 + step) / (10 + step))
-        for sh, m in zip(self.shadow, modules):
-            for s, p in zip(sh, m.parameters()):
-                s.mul_(d).add_(p.detach().float(), alpha=1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, modules):
-        for sh, m in zip(self.shadow, modules):
-            for s, p in zip(sh, m.parameters()):
-                p.copy_(s)
-
-
 def lr_factor(step, args, start_step=0):
     if step - start_step < args.warmup:
         return (step - start_step + 1) / args.warmup
@@ -93,15 +76,6 @@ def lr_factor(step, args, start_step=0):
         return 1.0
     frac = (step - start) / max(1, args.steps - start)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
-def x0_from_v(sched, xt, v, t):
-    a = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    return a.sqrt() * xt - (1 - a).sqrt() * v
-
-
-# ------------------------------------------------------------------------------------------------- probe
-PROBE_FONT = "mono"  # the probe asks for mono letters so that letter k has fixed columns
 
 
 def _probe_items():
