@@ -206,19 +206,10 @@ def word_maps(maps: xr.DataArray, table_of: dict[int, Sequence[Token]], words: S
 # -- running ----------------------------------------------------------------------------------------------------------
 def run(probe, variants: Sequence[Variant], *, steps: int, guidance=None, height=None, width=None):
     """:meth:`Probe.run` that also returns the attention maps: ``(Generation, {name: DataArray})``."""
-    from . import checks
     from .captures import label_captures
-    from .engine import run_plan
-    from .plan import make_plan
     from .probe import Generation
 
-    probe._require_weights()
-    guidance = probe.defaults.get("guidance") if guidance is None else guidance
-    height = probe.defaults.get("height") if height is None else height
-    width = probe.defaults.get("width") if width is None else width
-    steps = checks.integer(steps, "steps", InterventionError, lo=1)
-    plan = make_plan(list(variants), probe.sites, steps, supports_inject=probe.adapter.supports_inject)
-    result = run_plan(probe, plan, guidance=guidance, height=height, width=width)
+    plan, result = probe.execute(variants, steps=steps, guidance=guidance, height=height, width=width)
     tables = {}
     if result.maps is not None:
         n_tok = {v: g.total.shape[0] for (_, v), sums in result.maps.sums.items() for g in sums.values()}

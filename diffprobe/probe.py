@@ -151,6 +151,14 @@ class Probe:
     ) -> Generation:
         """Run many variants (prompt, seed, interventions) as one batched pipeline call."""
         from .captures import label_captures
+
+        plan, result = self.execute(variants, steps=steps, guidance=guidance, height=height, width=width)
+        return Generation(images=result.images, captures=label_captures(result, plan))
+
+    def execute(self, variants: Sequence[Variant], *, steps: int, guidance: float | None = None,
+                height: int | None = None, width: int | None = None):
+        """Check the request, apply the model's defaults, plan and run: ``(Plan, EngineResult)``. The one place
+        :meth:`run` and :func:`diffprobe.attention.run` (which also labels attention maps) share."""
         from .engine import run_plan
 
         self._require_weights()
@@ -168,8 +176,7 @@ class Probe:
         width = None if width is None else checks.integer(width, "width", InterventionError, lo=8)
         steps = checks.integer(steps, "steps", InterventionError, lo=1)
         plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
-        result = run_plan(self, plan, guidance=guidance, height=height, width=width)
-        return Generation(images=result.images, captures=label_captures(result, plan))
+        return plan, run_plan(self, plan, guidance=guidance, height=height, width=width)
 
     def generate(
         self,

@@ -317,5 +317,5 @@ _FIELD_CHECKS = {
     "clip_dir": _optional(lambda v: checks.text(v, "clip_dir", SpecError, allow_empty=False)),
     "device": lambda v: checks.text(v, "device", SpecError, allow_empty=False).strip().lower(),
     "dtype": _dtype,
-    "ocr_engine": lambda v: _ocr_engine(v),
+    "ocr_engine": _ocr_engine,
 }
