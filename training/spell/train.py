@@ -78,6 +78,9 @@ def lr_factor(step, args, start_step=0):
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
+PROBE_FONT = "mono"  # the probe asks for mono letters so that letter k has fixed columns
+
+
 def _probe_items():
     """(template, word, split) for 32 held-out and 32 training words, on templates that allow mono."""
     temps = [t for t in range(len(data.TEMPLATES)) if (t, PROBE_FONT) not in data.HELD_OUT_COMBOS]
