@@ -196,6 +196,7 @@ def _target_modules(probe, spec: FinetuneSpec) -> list[str]:
                 have = [n for n, m in attn.named_modules() if isinstance(m, torch.nn.Linear)]
                 raise SpecError(f"{site.label} ({site.name}) has no submodule {t!r}; its Linear layers are "
                                 f"{', '.join(have)}.", field="targets") from None
+            module = getattr(module, "base_layer", module)  # already adapted: peft keeps the Linear there
             if not isinstance(module, torch.nn.Linear):
                 raise SpecError(f"{site.label}.{t} is a {type(module).__name__}, not a Linear layer.", field="targets")
             names.append(f"{site.name}.{t}")
@@ -208,6 +209,7 @@ def lora_params(probe, sites: str, targets: Sequence[str] = DEFAULT_TARGETS, ran
     total = 0
     for name in _target_modules(probe, spec):
         m = probe.denoiser.get_submodule(name)
+        m = getattr(m, "base_layer", m)
         total += rank * (m.in_features + m.out_features)
     return total
 
