@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import diffprobe as dp
-from diffprobe.finetune import FinetuneSpec, finetune, random_sites_like
+from diffprobe.lora import FinetuneSpec, finetune, random_sites_like
 from diffprobe.zoo.glyph import data
 from training.glyph.evaluate import score
 

@@ -501,7 +501,7 @@ def guard(
 
       diffprobe guard --compare --blocklist diffprobe/bench_data/glyph_blocklist.txt --out runs/guard_compare
     """
-    from . import guard as guarding
+    from . import safety as guarding
     from .errors import InterventionError
     from .loading import load
 
@@ -581,7 +581,7 @@ def finetune(
       diffprobe finetune --random-like "cross:9 cross:10" --data glyph:heldout --steps 150 --out runs/ft_random
     """
     from .errors import SpecError
-    from .finetune import FinetuneSpec, finetune as run_finetune, random_sites_like
+    from .lora import FinetuneSpec, finetune as run_finetune, random_sites_like
     from .loading import load
 
     _state["origin"] = {"sites": "--sites", "targets": "--targets", "rank": "--rank", "steps": "--steps",

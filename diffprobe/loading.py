@@ -102,7 +102,7 @@ def _nnsight_model(source: Any, dtype, device, offload: str | None = None, lora=
     elif dtype is not None:
         source.to(dtype=dtype)
     if lora is not None:
-        from .finetune import apply_lora
+        from .lora import apply_lora
 
         apply_lora(source, lora)
     if offload is None:

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of chosen sites (diffprobe.finetune), load(..., lora=DIR) and the `finetune` command.
+"""LoRA fine-tuning of chosen sites (diffprobe.lora), load(..., lora=DIR) and the `finetune` command.
 
 - adapters sit only on the named sites' chosen projections, and only they train (the base weights stay put);
 - round trip: the adapters saved in peft's format and loaded with ``load(model, lora=DIR)`` give images bit-identical
@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import diffprobe
 from diffprobe import Inject, ModelLoadError, SpecError
 from diffprobe.cli import app
-from diffprobe.finetune import FinetuneSpec, finetune, load_data, lora_params, random_sites_like
+from diffprobe.lora import FinetuneSpec, finetune, load_data, lora_params, random_sites_like
 
 PROMPT = 'A sign that says "STOP".'
 GLYPH = 'a red sign that says "STOP"'

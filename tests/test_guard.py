@@ -1,4 +1,4 @@
-"""Toxic-text prevention (diffprobe.guard) and the `guard` command, on the tiny SD1.5 pipeline.
+"""Toxic-text prevention (diffprobe.safety) and the `guard` command, on the tiny SD1.5 pipeline.
 
 - the screen's known answers: alt-profanity-check's scores of fixed words, the threshold, the block list;
 - the fix is exactly an Inject of the benign prompt at the named sites from t_s (bit for bit, same batch
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from diffprobe import Capture, DiffprobeError, Inject, InterventionError, Variant
 from diffprobe.cli import app
-from diffprobe.guard import (
+from diffprobe.safety import (
     GLYPH_BLOCKLIST, Screen, compare, default_sites, guard, markdown_table, quoted_text, read_blocklist,
 )
 
