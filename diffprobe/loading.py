@@ -72,6 +72,7 @@ def _default_model_dir() -> Path:
 
 
 OFFLOADS = ("model", "sequential")
+ADAPTER_CONFIG = "adapter_config.json"  # peft's adapter folder (written by diffprobe finetune)
 
 
 def _nnsight_model(source: Any, dtype, device, offload: str | None = None, lora=None) -> Any:
@@ -102,14 +103,35 @@ def _nnsight_model(source: Any, dtype, device, offload: str | None = None, lora=
     elif dtype is not None:
         source.to(dtype=dtype)
     if lora is not None:
-        from .lora import apply_lora
-
         apply_lora(source, lora)
     if offload is None:
         source.to(device)
     else:
         _offload(source, offload, device)
     return _ObjectDiffusionModel(source, dispatch=True)
+
+
+def apply_lora(pipeline, adapter_dir) -> None:
+    """Load peft LoRA adapters saved by :func:`diffprobe.finetune` into ``pipeline``'s denoiser, in place
+    (``PeftModel.from_pretrained`` swaps the targeted Linear layers for peft's LoRA layers)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError("LoRA adapters need the peft package: pip install peft", field="lora") from None
+
+    path = Path(adapter_dir)
+    if not (path / ADAPTER_CONFIG).is_file():
+        full = path / "pipeline"
+        hint = f" (a full fine-tune: load({str(full)!r}) instead)" if (full / "model_index.json").exists() else ""
+        raise ModelLoadError(f"{path} holds no peft adapter ({ADAPTER_CONFIG} missing){hint}; give the --out folder "
+                             "of `diffprobe finetune`.", field="lora")
+    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    try:
+        PeftModel.from_pretrained(denoiser, str(path), is_trainable=False)  # injects the layers into denoiser
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(f"the adapter in {path} does not fit this model's denoiser ({type(exc).__name__}: "
+                             f"{first}).", field="lora") from None
 
 
 @contextlib.contextmanager

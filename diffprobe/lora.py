@@ -43,15 +43,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelLoadError, SpecError
+from .errors import SpecError
 
-__all__ = ["FinetuneSpec", "FinetuneResult", "finetune", "load_data", "apply_lora", "lora_params",
+__all__ = ["FinetuneSpec", "FinetuneResult", "finetune", "load_data", "lora_params",
            "random_sites_like", "DEFAULT_TARGETS", "INFO_FILE", "CHECKPOINT"]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 INFO_FILE = "finetune.json"
 CHECKPOINT = "checkpoint.pt"
-ADAPTER_CONFIG = "adapter_config.json"
 MODES = ("lora", "full")
 
 
@@ -239,25 +238,6 @@ def random_sites_like(probe, sites: str, *, targets: Sequence[str] = DEFAULT_TAR
         return " ".join(best[1])
     raise SpecError(f"no set of other sites has {budget} LoRA parameters (closest {best[0]}); choose other sites "
                     "or kinds.", field="sites")
-
-
-def apply_lora(pipeline, adapter_dir) -> None:
-    """Load peft LoRA adapters saved by :func:`finetune` into ``pipeline``'s denoiser, in place."""
-    from peft import PeftModel
-
-    path = Path(adapter_dir)
-    if not (path / ADAPTER_CONFIG).is_file():
-        full = path / "pipeline"
-        hint = f" (a full fine-tune: load({str(full)!r}) instead)" if (full / "model_index.json").exists() else ""
-        raise ModelLoadError(f"{path} holds no peft adapter ({ADAPTER_CONFIG} missing){hint}; give the --out folder "
-                             "of `diffprobe finetune`.", field="lora")
-    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
-    try:
-        PeftModel.from_pretrained(denoiser, str(path), is_trainable=False)  # injects the layers into denoiser
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"the adapter in {path} does not fit this model's denoiser ({type(exc).__name__}: "
-                             f"{first}).", field="lora") from None
 
 
 # -- the objective -------------------------------------------------------------------------------------------------
