@@ -595,7 +595,7 @@ def finetune(
     spec = FinetuneSpec(sites=sites or random_like, mode="full" if full else "lora", targets=tuple(targets.split(",")),
                         rank=rank, alpha=alpha, steps=steps, batch=batch, lr=lr, warmup=warmup, seed=seed,
                         noisy_frac=noisy_frac, noisy_from=noisy_from, ckpt_every=ckpt_every, bf16=bf16)
-    probe = load(model, device="cpu", dtype="float32")
+    probe = load(model, dtype="float32")  # trained in float32, on the GPU when present
     if random_like:
         spec = FinetuneSpec.from_dict(dict(spec.to_dict(), sites=random_sites_like(
             probe, random_like, targets=spec.targets, rank=rank, seed=seed)))

@@ -257,7 +257,7 @@ class Objective:
 
         denoiser = pipeline.unet
         cond, uncond = adapter_for(denoiser).encode(pipeline, data.prompts, None)
-        self.cond, self.null = cond.detach(), uncond[:1].detach()
+        self.cond, self.null = cond.detach().cpu(), uncond[:1].detach().cpu()
         self.T = self.sched.config.num_train_timesteps
 
     def loss(self, unet, gen: torch.Generator) -> torch.Tensor:
@@ -269,11 +269,13 @@ class Objective:
         noisy = torch.rand(spec.batch, generator=gen) < spec.noisy_frac
         t_lo = torch.where(noisy, int(spec.noisy_from * self.T), 0)
         t = t_lo + (torch.rand(spec.batch, generator=gen) * (self.T - t_lo)).long().clamp(max=self.T - 1)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)  # every draw on the CPU generator: the same on any device
         xt = self.sched.add_noise(x0, noise, t)
         target = {"v_prediction": lambda: self.sched.get_velocity(x0, noise, t), "epsilon": lambda: noise,
                   "sample": lambda: x0}[self.prediction]()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16):
+        device = next(unet.parameters()).device
+        xt, t, states, target = xt.to(device), t.to(device), states.to(device), target.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
             pred = unet(xt, t, encoder_hidden_states=states).sample
         if pred.shape[1] == 2 * x0.shape[1]:  # IF-style (prediction, variance) output: the variance half is unused
             pred = pred[:, : x0.shape[1]]
@@ -285,7 +287,8 @@ def _to_model_space(pipeline, images: torch.Tensor) -> torch.Tensor:
     if vae is None:
         return images
     with torch.no_grad():
-        return vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+        return latents.float().cpu() * vae.config.scaling_factor
 
 
 # -- training ------------------------------------------------------------------------------------------------------
@@ -339,25 +342,14 @@ def finetune(model, data, out, spec: FinetuneSpec | None = None, *, progress: bo
     data = load_data(data)
     out = Path(out)
     saved = _check_out(out, spec, data)
-    probe = load(model, device="cpu", dtype="float32") if isinstance(model, (str, Path)) else model
-    if probe.pipeline is None:
-        raise SpecError(f"{probe.name} has no weights to fine-tune (a :meta build).", field="model")
-    if getattr(probe.pipeline, "unet", None) is None:
-        raise SpecError(f"finetune supports UNet pipelines (SD 1.x/2.x, IF); {probe.name} has none.", field="model")
+    probe = load(model, dtype="float32") if isinstance(model, (str, Path)) else model
+    _check_model(probe)
     objective = Objective(probe.pipeline, data, spec)
     unet, peft_model = _prepare(probe, spec)
     params = _trainable(unet)
     opt = torch.optim.AdamW([p for _, p in params], lr=spec.lr, betas=(0.9, 0.99), weight_decay=spec.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
-    step, wall, losses = 0, 0.0, []
-    if saved is not None and (out / CHECKPOINT).exists():
-        ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-        with torch.no_grad():
-            for (name, p), saved_p in zip(params, ck["params"]):
-                p.copy_(saved_p)
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        step, wall, losses = int(ck["step"]), float(ck["wall"]), list(ck["losses"])
+    step, wall, losses = _resume(out, params, opt, gen) if saved is not None else (0, 0.0, [])
     out.mkdir(parents=True, exist_ok=True)
     unet.train()
     bar = _tqdm()(total=spec.steps, initial=step, desc="finetune", dynamic_ncols=True,
@@ -386,9 +378,33 @@ def finetune(model, data, out, spec: FinetuneSpec | None = None, *, progress: bo
     return FinetuneResult(rewrap(probe), out, sum(p.numel() for _, p in params), step, wall, losses)
 
 
+def _check_model(probe) -> None:
+    if probe.pipeline is None:
+        raise SpecError(f"{probe.name} has no weights to fine-tune (a :meta build).", field="model")
+    unet = getattr(probe.pipeline, "unet", None)
+    if unet is None:
+        raise SpecError(f"finetune supports UNet pipelines (SD 1.x/2.x, IF); {probe.name} has none.", field="model")
+    if any(hasattr(m, "lora_A") for m in unet.modules()):
+        raise SpecError(f"{probe.name}'s denoiser already holds LoRA adapters; fine-tune the base model (a run "
+                        "continues from its --out folder).", field="model")
+
+
+def _resume(out: Path, params, opt, gen) -> tuple[int, float, list[float]]:
+    """Restore the trainable tensors, AdamW and the generator from DIR/checkpoint.pt: (step, wall, losses)."""
+    if not (out / CHECKPOINT).exists():
+        return 0, 0.0, []
+    ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        for (_, p), saved in zip(params, ck["params"]):
+            p.copy_(saved)
+    opt.load_state_dict(ck["opt"])
+    gen.set_state(ck["gen"])
+    return int(ck["step"]), float(ck["wall"]), list(ck["losses"])
+
+
 def _save(out: Path, spec, data, pipeline, peft_model, params, opt, gen, step, wall, losses) -> None:
     """The checkpoint (atomic), then the model (peft adapters, or the full pipeline), then finetune.json."""
-    ck = {"params": [p.detach().clone() for _, p in params], "opt": opt.state_dict(), "gen": gen.get_state(),
+    ck = {"params": [p.detach().cpu().clone() for _, p in params], "opt": opt.state_dict(), "gen": gen.get_state(),
           "step": step, "wall": wall, "losses": losses}
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(ck, tmp)
