@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import diffprobe
-from diffprobe import Inject, ModelLoadError, SpecError
+from diffprobe import Capture, Inject, ModelLoadError, Patch, SpecError, Variant
 from diffprobe.cli import app
 from diffprobe.lora import FinetuneSpec, finetune, load_data, lora_params, random_sites_like
 
@@ -68,12 +68,21 @@ def test_adapters_only_on_the_named_sites(tiny_dirs, jsonl, tmp_path):
 def test_adapter_round_trip_is_bit_identical_on_glyph(tmp_path):
     res = finetune("glyph", "glyph:heldout", tmp_path / "ft", sites="cross:9", steps=2, batch=2, lr=1e-2,
                    progress=False)
-    iv = [Inject(prompt='a red sign that says "OPEN"', sites="cross:9", steps="1:")]
-    in_memory = res.probe.generate(GLYPH, iv, steps=2, seed=0).images
+    other = 'a red sign that says "OPEN"'
+    variants = [Variant(GLYPH, (Inject(prompt=other, sites="cross:9", steps="1:"), Capture(what="kv", sites="cross:9"))),
+                Variant(GLYPH, (Patch(source=other, sites="cross:9 cross:10", steps="1:"),))]
+
+    def run(probe):
+        return probe.run(variants, steps=2)
+
+    in_memory = run(res.probe)
     loaded = diffprobe.load("glyph", lora=tmp_path / "ft", device="cpu", dtype="float32")
-    assert np.array_equal(loaded.generate(GLYPH, iv, steps=2, seed=0).images, in_memory)
-    plain = diffprobe.load("glyph", device="cpu", dtype="float32").generate(GLYPH, iv, steps=2, seed=0).images
-    assert not np.array_equal(plain, in_memory)  # the adapter changes the images
+    again = run(loaded)
+    assert np.array_equal(again.images, in_memory.images)
+    for key in ("kv:cross:9:k", "kv:cross:9:v"):  # the adapted projections, read through the trace
+        assert np.array_equal(again.captures[key].values, in_memory.captures[key].values)
+    plain = run(diffprobe.load("glyph", device="cpu", dtype="float32"))
+    assert not np.array_equal(plain.captures["kv:cross:9:k"].values, in_memory.captures["kv:cross:9:k"].values)
     assert loaded.weights_digest() != diffprobe.load("glyph").weights_digest()
 
 
