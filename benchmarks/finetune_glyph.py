@@ -48,8 +48,28 @@ def evaluate(probe, pairs, seeds=(0, 1), steps=25, guidance=4.0) -> dict:
     failing = [s for s in res["samples"] if s["word"] in FAILING]
     return dict(exact=res["exact"], char_f1=res["char_f1"], colour=res["colour"],
                 exact_failing=float(np.mean([s["exact"] for s in failing])) if failing else None,
-                diversity=float(np.mean(dist)), generate_seconds=round(gen_s, 1),
+                diversity=float(np.mean(dist)) if dist else None, generate_seconds=round(gen_s, 1),
                 readings=[f'{s["word"]}->{s["ocr"]}' for s in res["samples"]])
+
+
+def saved_probe(folder: pathlib.Path):
+    """A variant's model as saved: the base model, its LoRA adapters, or its full fine-tune's pipeline folder."""
+    if (folder / "pipeline").is_dir():
+        return dp.load(str(folder / "pipeline"), device="cpu", dtype="float32")
+    lora = folder if (folder / "adapter_config.json").exists() else None
+    return dp.load("glyph", lora=lora, device="cpu", dtype="float32")
+
+
+def forgetting(out: pathlib.Path, variants, n: int) -> None:
+    """Did fine-tuning on the held-out combinations hurt the trained ones? ``n`` of them (spread over the split), 1 seed."""
+    pairs = data.train_pairs()[:: max(1, len(data.train_pairs()) // n)][:n]
+    for name in variants:
+        folder = out / name
+        if (folder / "train_eval.json").exists() or not (folder / "eval.json").exists():
+            continue
+        row = dict(variant=name, **evaluate(saved_probe(folder), pairs, seeds=(0,)))
+        (folder / "train_eval.json").write_text(json.dumps(row, indent=1))
+        print(json.dumps({k: v for k, v in row.items() if k != "readings"}), flush=True)
 
 
 def main(argv=None):
@@ -62,9 +82,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pairs", type=int, default=16, help="held-out combinations evaluated (failing ones first)")
     ap.add_argument("--variants", default="none,top,cross_all,random,full")
+    ap.add_argument("--forgetting", type=int, default=0, metavar="N",
+                    help="instead: evaluate N trained combinations (1 seed) on each saved variant -> train_eval.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.forgetting:
+        return forgetting(a.out, a.variants.split(","), a.forgetting)
     pairs = eval_pairs(a.pairs)
     base = dict(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, noisy_frac=0.5, noisy_from=0.9, ckpt_every=50)
     for name in a.variants.split(","):
