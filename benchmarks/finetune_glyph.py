@@ -40,7 +40,7 @@ def eval_pairs(n: int) -> list[tuple[int, int]]:
 def evaluate(probe, pairs, seeds=(0, 1), steps=25, guidance=4.0) -> dict:
     variants = [dp.Variant(data.prompt(t, data.WORDS[w]), (), s) for t, w in pairs for s in seeds]
     t0 = time.perf_counter()
-    images = probe.run(variants, steps=steps, guidance=guidance).images
+    images = probe.run(variants, steps=steps, guidance=guidance, height=data.HEIGHT, width=data.WIDTH).images
     gen_s = time.perf_counter() - t0
     res = score([Image.fromarray(a) for a in images], [p for p in pairs for _ in seeds])
     per = images.reshape(len(pairs), len(seeds), *images.shape[1:]).astype(np.float64)
