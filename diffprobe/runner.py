@@ -117,7 +117,8 @@ def check_cells(probe, spec: Experiment, layout: Layout) -> None:
 
 
 def _generate(probe, spec: Experiment, variants: list[Variant]) -> np.ndarray:
-    return probe.run(variants, steps=spec.steps, guidance=spec.guidance, height=spec.height, width=spec.width).images
+    return probe.run(variants, steps=spec.steps, guidance=spec.guidance, height=spec.height, width=spec.width,
+                     share_prefix=spec.share_prefix).images
 
 
 def _score(spec: Experiment, images, source_images, pairs: list[PromptPair], prompts: list[str]) -> dict:
