@@ -18,14 +18,18 @@ the distinct rows alone up to that step, recording the denoiser's output at each
 whole batch with the denoiser *skipped* (nnsight's ``Envoy.skip``) at those steps, replaying each
 row's recorded output: the scheduler and the pipeline's guidance arithmetic still run on every row,
 so each row reaches the fork step with exactly the latents its distinct row reached. The denoiser
-work is then ``distinct x k + rows x (n - k)`` instead of ``rows x n``.
+work is then ``distinct x k + rows x (n - k)`` instead of ``rows x n``. A caller that keeps a
+:class:`PrefixCache` across calls on unchanged weights (the sweep runner does) reuses a recorded
+prefix for any later batch with the same distinct rows and settings that forks no later: the prefix
+run of the same rows is the same computation, so reusing it is exact, and a sweep that runs each
+(pair, seed)'s batches from the latest t_s down computes each prefix once.
 
 Only this module and ``zoo/`` import nnsight. Nothing is installed on the model outside a trace:
 nnsight removes its hooks when the trace exits, also when it exits by an exception.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +41,7 @@ from .attention_engine import MapStore, SiteReader
 from .errors import InterventionError
 from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
 
-__all__ = ["run_plan", "EngineResult", "prefix_end", "distinct_rows"]
+__all__ = ["run_plan", "EngineResult", "PrefixCache", "prefix_end", "distinct_rows"]
 
 
 @dataclass
@@ -49,7 +53,7 @@ class EngineResult:
     capture_steps: dict[str, tuple[int, ...]] = field(default_factory=dict)
     maps: object = None  # diffprobe.attention.MapStore: running sums of attention maps (AttentionMap)
     shared_steps: int = 0  # denoising steps run once per distinct row and replayed to the others
-    row_steps: int = 0  # denoiser work done: rows x steps, summed over the prefix run and the main run
+    row_steps: int = 0  # denoiser work done here: rows x steps, prefix run (unless reused) and main run
 
 
 def _resolve(envoy, path: str):
@@ -260,6 +264,28 @@ def _run_prefix(probe, rows, end: int, n_steps: int, kwargs_for) -> list:
     return list(outs)
 
 
+class PrefixCache:
+    """Recorded prefix runs, newest last; keep one only across calls whose model weights do not change."""
+
+    def __init__(self, entries: int = 2):
+        self.entries = entries
+        self._runs: OrderedDict = OrderedDict()
+        self.hits = 0
+
+    def outputs(self, key, end: int, compute) -> tuple[list, bool]:
+        """The denoiser outputs of steps ``0 .. end-1`` for ``key``, and whether a recorded run served them."""
+        have = self._runs.get(key)
+        if have is not None and len(have) >= end:
+            self._runs.move_to_end(key)
+            self.hits += 1
+            return have[:end], True
+        self._runs[key] = outs = compute()
+        self._runs.move_to_end(key)
+        while len(self._runs) > self.entries:
+            self._runs.popitem(last=False)
+        return outs, False
+
+
 def _replay(out, index: list[int], n_distinct: int):
     """``out`` (a distinct-rows denoiser output) spread over the plan's rows: a copy, row for row."""
     t = _first_tensor(out)
@@ -277,7 +303,7 @@ def _replay(out, index: list[int], n_distinct: int):
 
 
 def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, width: int | None,
-             share_prefix: bool = True) -> EngineResult:
+             share_prefix: bool = True, prefix_cache: PrefixCache | None = None) -> EngineResult:
     """Execute a plan in one traced pipeline call; returns images for the plan's variants.
 
     With ``share_prefix`` (the default) the steps before :func:`prefix_end` run once per distinct row
@@ -293,7 +319,17 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     prompts = [r.prompt for r in plan.rows]
     distinct, index = distinct_rows(plan)
     shared = prefix_end(plan) if share_prefix and len(distinct) < len(plan.rows) else 0
-    replayed = _run_prefix(probe, distinct, shared, plan.n_steps, kwargs_for) if shared else []
+    replayed, computed = [], shared  # prefix steps computed here (0 when a recorded prefix run is reused)
+    if shared:
+        def compute():
+            return _run_prefix(probe, distinct, shared, plan.n_steps, kwargs_for)
+
+        if prefix_cache is None:
+            replayed = compute()
+        else:
+            key = (tuple(distinct), plan.n_steps, guidance, height, width)
+            replayed, reused = prefix_cache.outputs(key, shared, compute)
+            computed = 0 if reused else shared
     store: dict = defaultdict(lambda: defaultdict(list))
     steps = sorted(set(range(shared)) | set(plan.steps))
     denoiser_env = getattr(model, adapter.denoiser_attr)
@@ -320,4 +356,4 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     captures = {name: {v: torch.stack(ts) for v, ts in per.items()} for name, per in store.items()}
     cap_steps = {name: op.steps for sp in plan.sites for op in sp.cap for name in op.outputs}
     return EngineResult(images=images, captures=captures, capture_steps=cap_steps, maps=maps, shared_steps=shared,
-                        row_steps=len(distinct) * shared + len(plan.rows) * (plan.n_steps - shared))
+                        row_steps=len(distinct) * computed + len(plan.rows) * (plan.n_steps - shared))

@@ -90,3 +90,27 @@ def test_prefix_end_is_the_first_step_anything_touches(probe_factory):
 def test_share_prefix_must_be_a_bool(probe_factory):
     with pytest.raises(InterventionError, match="share_prefix must be True or False"):
         probe_factory("sd15").run([Variant(SRC, (), 0)], steps=2, share_prefix="yes")
+
+
+def test_a_recorded_prefix_is_reused_exactly(probe_factory):
+    """A batch forking no later than a recorded prefix run of the same rows reuses it, bit for bit."""
+    from diffprobe.engine import PrefixCache
+
+    probe = probe_factory("sd15")
+    cache = PrefixCache()
+    late = _run(probe, "sd15", _sweep_batch("sd15", fork=3), prefix_cache=cache)
+    assert late.row_steps == 2 * 3 + 4 * (STEPS - 3) and cache.hits == 0
+    reused = _run(probe, "sd15", _sweep_batch("sd15", fork=2), prefix_cache=cache)
+    assert cache.hits == 1 and reused.row_steps == 4 * (STEPS - 2)  # the prefix was not computed again
+    fresh = _run(probe, "sd15", _sweep_batch("sd15", fork=2))
+    np.testing.assert_array_equal(reused.images, fresh.images)
+    later = _run(probe, "sd15", _sweep_batch("sd15", fork=3), prefix_cache=PrefixCache())
+    np.testing.assert_array_equal(later.images, late.images)
+
+
+def test_the_runner_runs_each_pair_and_seed_latest_t_s_first():
+    from diffprobe.runner import Cell, prefix_order
+
+    batches = {i: [Cell(pair=p, group=0, t_start=t, seed=0)] for i, (p, t) in enumerate(
+        [(0, 0), (0, 5), (0, 10), (1, 0), (1, 5)])}
+    assert list(prefix_order(batches)) == [2, 1, 0, 4, 3]
