@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 APT_PKGS := tesseract-ocr fonts-dejavu-core chromium
 
-.PHONY: demo test install sysdeps bench train-glyph clean
+.PHONY: demo test install sysdeps bench train-glyph train-spell clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -52,6 +52,20 @@ train-glyph: install
 	$(PY) -m training.glyph.train --out runs/glyph --seed 0 --steps 3000 --batch 8 --noisy-from 0.5 --threads 1
 	$(PY) -m training.glyph.train --out runs/glyph --seed 0 --resume --steps 7400 --batch 16 --noisy-from 0.9 \
 		--threads 2 --probe-every 200 --ckpt-every 400 --ship
+
+# The character-aware successor of glyph (issue 14; docs/model-card-spell.md). Continues the run in runs/spell
+# bit for bit when its full checkpoint is there; on a new machine it warm-starts from the committed snapshot
+# (weights and step count; AdamW restarts). SPELL_ARGS="--device cuda" on a GPU (bf16 is ~30x slower on AVX2 CPUs).
+SPELL_MINUTES ?= 60
+SPELL_ARGS ?= --no-bf16 --threads 1
+train-spell: install
+	if [ -f runs/spell/ckpt.pt ]; then \
+	  $(PY) -m training.spell.train --out runs/spell --resume --batch 8 --max-minutes $(SPELL_MINUTES) $(SPELL_ARGS); \
+	else \
+	  $(PY) -m training.spell.train --out runs/spell --init-from training/spell/checkpoint --batch 8 \
+	    --max-minutes $(SPELL_MINUTES) $(SPELL_ARGS); \
+	fi
+	$(PY) -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint
 
 clean:
 	rm -rf $(VENV) demo_out runs

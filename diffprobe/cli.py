@@ -36,7 +36,7 @@ OPTION_OF = {
     "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
     "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
     "threads": "--threads", "n": "--n", "config": "--config", "device": "--device", "dtype": "--dtype",
-    "offload": "--offload", "cluster": "--cluster", "ocr_engine": "--ocr",
+    "offload": "--offload", "cluster": "--cluster", "ocr_engine": "--ocr", "share_prefix": "--no-share-prefix",
 }
 
 
@@ -257,6 +257,9 @@ def sweep(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Run the batches on dask workers: local:N (N worker processes here) or a scheduler "
         "address tcp://host:8786 (needs diffprobe[dask])."),
+    no_share_prefix: bool = typer.Option(
+        False, "--no-share-prefix", help="Run every variant through every step instead of running the steps before "
+        "its t_s once per prompt and seed (slower; see docs/benchmarks.md)."),
 ):
     """Run (or resume) a sweep; write DIR/results.nc, DIR/report.html and images.
 
@@ -277,7 +280,7 @@ def sweep(
         heads=_ints(heads, "heads"), per_head=per_head or None,
         metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=_batch_size(batch_size),
         device=device, dtype=dtype, ocr_engine=ocr,
-        grouping=grouping, counts=_ints(counts, "counts"),
+        grouping=grouping, counts=_ints(counts, "counts"), share_prefix=False if no_share_prefix else None,
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
     check_out(out)  # before the model loads: a bad --out fails in milliseconds

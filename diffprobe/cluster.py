@@ -28,6 +28,7 @@ from .errors import SpecError
 __all__ = ["DaskExecutor", "ProbeLoader", "connect"]
 
 _PROBES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype) -> Probe
+_PREFIXES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype) -> PrefixCache of that probe
 
 
 def _probe(model: str, device: str, dtype: str):
@@ -74,8 +75,12 @@ def _batch_task(spec_json: str, kind: str, items: list, layout_dict: dict, sourc
     _quiet_worker()
     _threads(threads)
     spec = Experiment.from_json(spec_json)
-    probe = _probe(spec.model, spec.device, spec.dtype)
-    return compute_batch(probe, spec, kind, items, Layout.from_dict(layout_dict), sources, size)
+    from .engine import PrefixCache
+
+    key = (spec.model, spec.device, spec.dtype)
+    probe = _probe(*key)
+    cache = _PREFIXES.setdefault(key, PrefixCache())
+    return compute_batch(probe, spec, kind, items, Layout.from_dict(layout_dict), sources, size, cache)
 
 
 try:  # dask is optional: diffprobe[dask]

@@ -11,12 +11,25 @@ cache of all steps is kept, no barrier round-trips between invokes are needed, a
 not grow with the number of steps. Edits are assignments (``env.output = new``), never in-place
 writes, which nnsight may silently drop.
 
+Shared prefix. Before the first step that any operation touches (the plan's ``prefix_end``), every
+row denoises unedited, so rows that share (prompt, negative prompt, seed) are the same computation.
+When a plan has such duplicates (a sweep batch: many sites of one pair and t_s), the engine first runs
+the distinct rows alone up to that step, recording the denoiser's output at each step, then runs the
+whole batch with the denoiser *skipped* (nnsight's ``Envoy.skip``) at those steps, replaying each
+row's recorded output: the scheduler and the pipeline's guidance arithmetic still run on every row,
+so each row reaches the fork step with exactly the latents its distinct row reached. The denoiser
+work is then ``distinct x k + rows x (n - k)`` instead of ``rows x n``. A caller that keeps a
+:class:`PrefixCache` across calls on unchanged weights (the sweep runner does) reuses a recorded
+prefix for any later batch with the same distinct rows and settings that forks no later: the prefix
+run of the same rows is the same computation, so reusing it is exact, and a sweep that runs each
+(pair, seed)'s batches from the latest t_s down computes each prefix once.
+
 Only this module and ``zoo/`` import nnsight. Nothing is installed on the model outside a trace:
 nnsight removes its hooks when the trace exits, also when it exits by an exception.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +41,7 @@ from .attention_engine import MapStore, SiteReader
 from .errors import InterventionError
 from .plan import CapOp, FromRow, FromTensor, KvOp, OutOp, Plan
 
-__all__ = ["run_plan", "EngineResult"]
+__all__ = ["run_plan", "EngineResult", "PrefixCache", "prefix_end", "distinct_rows"]
 
 
 @dataclass
@@ -39,6 +52,8 @@ class EngineResult:
     captures: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     capture_steps: dict[str, tuple[int, ...]] = field(default_factory=dict)
     maps: object = None  # diffprobe.attention.MapStore: running sums of attention maps (AttentionMap)
+    shared_steps: int = 0  # denoising steps run once per distinct row and replayed to the others
+    row_steps: int = 0  # denoiser work done here: rows x steps, prefix run (unless reused) and main run
 
 
 def _resolve(envoy, path: str):
@@ -199,15 +214,26 @@ def _apply_step(step: int, plan: Plan, denoiser_env, store, text_len, injected, 
                 _record(store, out_caps, value, n, sp.site.name)
 
 
-def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, width: int | None) -> EngineResult:
-    """Execute a plan in one traced pipeline call; returns images for the plan's variants."""
-    model, adapter, pipe = probe.model, probe.adapter, probe.pipeline
-    injected = precompute_injections(probe, plan)
+def prefix_end(plan: Plan) -> int:
+    """The first step any operation touches (edit, capture, attention map); ``n_steps`` when none does."""
+    steps = plan.steps
+    return steps[0] if steps else plan.n_steps
+
+
+def distinct_rows(plan: Plan) -> tuple[list, list[int]]:
+    """The plan's distinct rows (prompt, negative prompt, seed) and, for each row, its distinct row's index."""
+    keys: dict = {}
+    index = [keys.setdefault((r.prompt, r.negative_prompt, int(r.seed)), len(keys)) for r in plan.rows]
+    return [plan.rows[index.index(i)] for i in range(len(keys))], index
+
+
+def _call_kwargs(probe, rows, n_steps: int, guidance, height, width, output_type: str) -> dict:
+    pipe = probe.pipeline
     device = _execution_device(pipe)  # with CPU offload the weights sit on the CPU; the noise is drawn where it runs
-    kwargs = adapter.call_kwargs(pipe)
+    kwargs = probe.adapter.call_kwargs(pipe)
     kwargs.update(
-        num_inference_steps=plan.n_steps, output_type="np",
-        generator=[torch.Generator(device).manual_seed(int(r.seed)) for r in plan.rows],
+        num_inference_steps=n_steps, output_type=output_type,
+        generator=[torch.Generator(device).manual_seed(int(r.seed)) for r in rows],
     )
     if guidance is not None:
         kwargs["guidance_scale"] = float(guidance)
@@ -215,12 +241,97 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
         kwargs["height"] = int(height)
     if width is not None:
         kwargs["width"] = int(width)
-    if any(r.negative_prompt for r in plan.rows):
-        kwargs["negative_prompt"] = [r.negative_prompt for r in plan.rows]
+    if any(r.negative_prompt for r in rows):
+        kwargs["negative_prompt"] = [r.negative_prompt for r in rows]
+    return kwargs
+
+
+def _first_tensor(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _run_prefix(probe, rows, end: int, n_steps: int, kwargs_for) -> list:
+    """The denoiser's output at steps ``0 .. end-1`` for ``rows`` alone (later steps are skipped, not run)."""
+    model = probe.model
+    denoiser_env = getattr(model, probe.adapter.denoiser_attr)
+    outs: list = []
+    with model.generate([r.prompt for r in rows], **kwargs_for(rows, "latent")) as tracer:
+        for step in tracer.iter[0:n_steps]:
+            if step < end:
+                outs.append(denoiser_env.output.save())
+            else:  # the rest of the loop only steps the scheduler: the result is not used
+                denoiser_env.skip(outs[-1])
+    return list(outs)
+
+
+class PrefixCache:
+    """Recorded prefix runs, newest last; keep one only across calls whose model weights do not change."""
+
+    def __init__(self, entries: int = 2):
+        self.entries = entries
+        self._runs: OrderedDict = OrderedDict()
+        self.hits = 0
+
+    def outputs(self, key, end: int, compute) -> tuple[list, bool]:
+        """The denoiser outputs of steps ``0 .. end-1`` for ``key``, and whether a recorded run served them."""
+        have = self._runs.get(key)
+        if have is not None and len(have) >= end:
+            self._runs.move_to_end(key)
+            self.hits += 1
+            return have[:end], True
+        self._runs[key] = outs = compute()
+        self._runs.move_to_end(key)
+        while len(self._runs) > self.entries:
+            self._runs.popitem(last=False)
+        return outs, False
+
+
+def _replay(out, index: list[int], n_distinct: int):
+    """``out`` (a distinct-rows denoiser output) spread over the plan's rows: a copy, row for row."""
+    t = _first_tensor(out)
+    idx = torch.tensor(index, device=t.device)
+    if t.shape[0] == 2 * n_distinct:  # classifier-free guidance: [uncond..., cond...]
+        idx = torch.cat([idx, idx + n_distinct])
+    elif t.shape[0] != n_distinct:
+        raise InterventionError(
+            f"unexpected batch of {t.shape[0]} rows in the denoiser output for {n_distinct} prompts; diffprobe "
+            "supports one image per prompt (num_images_per_prompt=1).")
+    spread = t.index_select(0, idx)
+    if isinstance(out, torch.Tensor):
+        return spread
+    return type(out)([spread, *out[1:]])
+
+
+def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, width: int | None,
+             share_prefix: bool = True, prefix_cache: PrefixCache | None = None) -> EngineResult:
+    """Execute a plan in one traced pipeline call; returns images for the plan's variants.
+
+    With ``share_prefix`` (the default) the steps before :func:`prefix_end` run once per distinct row
+    when the plan repeats a row (see the module docstring); ``share_prefix=False`` runs every row."""
+    model, adapter, pipe = probe.model, probe.adapter, probe.pipeline
+    injected = precompute_injections(probe, plan)
+
+    def kwargs_for(rows, output_type="np"):
+        return _call_kwargs(probe, rows, plan.n_steps, guidance, height, width, output_type)
+
+    kwargs = kwargs_for(plan.rows)
     text_len = adapter.text_len(pipe, kwargs)
     prompts = [r.prompt for r in plan.rows]
+    distinct, index = distinct_rows(plan)
+    shared = prefix_end(plan) if share_prefix and len(distinct) < len(plan.rows) else 0
+    replayed, computed = [], shared  # prefix steps computed here (0 when a recorded prefix run is reused)
+    if shared:
+        def compute():
+            return _run_prefix(probe, distinct, shared, plan.n_steps, kwargs_for)
+
+        if prefix_cache is None:
+            replayed = compute()
+        else:
+            key = (tuple(distinct), plan.n_steps, guidance, height, width)
+            replayed, reused = prefix_cache.outputs(key, shared, compute)
+            computed = 0 if reused else shared
     store: dict = defaultdict(lambda: defaultdict(list))
-    steps = plan.steps
+    steps = sorted(set(range(shared)) | set(plan.steps))
     denoiser_env = getattr(model, adapter.denoiser_attr)
     projected = {  # sites whose per-head output passes through an output projection `to_out.0`
         sp.site.name for sp in plan.sites
@@ -230,10 +341,19 @@ def run_plan(probe, plan: Plan, *, guidance: float | None, height: int | None, w
     with model.generate(prompts, **kwargs) as tracer:
         if steps:
             for step in tracer.iter[steps]:
-                _apply_step(step, plan, denoiser_env, store, text_len, injected, projected, maps)
+                if step < shared:
+                    denoiser_env.skip(_replay(replayed[step], index, len(distinct)))
+                else:
+                    if shared:
+                        # Anchor the step on the denoiser itself: a skipped denoiser still counts its calls, the
+                        # modules inside it do not, so their occurrence lags the step by ``shared``. The first
+                        # read at a pinned step relaxes nnsight's pin; the reads below then follow the model.
+                        denoiser_env.input  # noqa: B018
+                    _apply_step(step, plan, denoiser_env, store, text_len, injected, projected, maps)
         output = model.output.save()
     images = np.asarray(output.images)[: plan.n_variants]
     images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
     captures = {name: {v: torch.stack(ts) for v, ts in per.items()} for name, per in store.items()}
     cap_steps = {name: op.steps for sp in plan.sites for op in sp.cap for name in op.outputs}
-    return EngineResult(images=images, captures=captures, capture_steps=cap_steps, maps=maps)
+    return EngineResult(images=images, captures=captures, capture_steps=cap_steps, maps=maps, shared_steps=shared,
+                        row_steps=len(distinct) * computed + len(plan.rows) * (plan.n_steps - shared))

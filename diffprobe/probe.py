@@ -148,15 +148,23 @@ class Probe:
         guidance: float | None = None,
         height: int | None = None,
         width: int | None = None,
+        share_prefix: bool = True,
+        prefix_cache=None,
     ) -> Generation:
-        """Run many variants (prompt, seed, interventions) as one batched pipeline call."""
+        """Run many variants (prompt, seed, interventions) as one batched pipeline call.
+
+        ``share_prefix``: variants that repeat a (prompt, negative prompt, seed) run the steps before the
+        first edited step once and fork there (see :mod:`diffprobe.engine`); ``False`` runs every row.
+        ``prefix_cache``: a :class:`diffprobe.engine.PrefixCache` kept across calls on unchanged weights."""
         from .captures import label_captures
 
-        plan, result = self.execute(variants, steps=steps, guidance=guidance, height=height, width=width)
+        plan, result = self.execute(variants, steps=steps, guidance=guidance, height=height, width=width,
+                                    share_prefix=share_prefix, prefix_cache=prefix_cache)
         return Generation(images=result.images, captures=label_captures(result, plan))
 
     def execute(self, variants: Sequence[Variant], *, steps: int, guidance: float | None = None,
-                height: int | None = None, width: int | None = None):
+                height: int | None = None, width: int | None = None, share_prefix: bool = True,
+                prefix_cache=None):
         """Check the request, apply the model's defaults, plan and run: ``(Plan, EngineResult)``. The one place
         :meth:`run` and :func:`diffprobe.attention.run` (which also labels attention maps) share."""
         from .engine import run_plan
@@ -176,7 +184,10 @@ class Probe:
         width = None if width is None else checks.integer(width, "width", InterventionError, lo=8)
         steps = checks.integer(steps, "steps", InterventionError, lo=1)
         plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
-        return plan, run_plan(self, plan, guidance=guidance, height=height, width=width)
+        if not isinstance(share_prefix, bool):
+            raise InterventionError(f"share_prefix must be True or False; got {share_prefix!r}.")
+        return plan, run_plan(self, plan, guidance=guidance, height=height, width=width, share_prefix=share_prefix,
+                              prefix_cache=prefix_cache)
 
     def generate(
         self,

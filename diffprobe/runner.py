@@ -116,8 +116,9 @@ def check_cells(probe, spec: Experiment, layout: Layout) -> None:
             raise SpecError(str(exc), field=_SPEC_FIELD.get(exc.field, "intervention")) from None
 
 
-def _generate(probe, spec: Experiment, variants: list[Variant]) -> np.ndarray:
-    return probe.run(variants, steps=spec.steps, guidance=spec.guidance, height=spec.height, width=spec.width).images
+def _generate(probe, spec: Experiment, variants: list[Variant], prefix_cache=None) -> np.ndarray:
+    return probe.run(variants, steps=spec.steps, guidance=spec.guidance, height=spec.height, width=spec.width,
+                     share_prefix=spec.share_prefix, prefix_cache=prefix_cache).images
 
 
 def _score(spec: Experiment, images, source_images, pairs: list[PromptPair], prompts: list[str]) -> dict:
@@ -146,13 +147,14 @@ def _run_baselines(probe, spec: Experiment, jobs: list[tuple[int, int]]) -> dict
     }
 
 
-def _run_cells(probe, spec: Experiment, cells: list[Cell], layout: Layout, source_images: Callable) -> dict:
+def _run_cells(probe, spec: Experiment, cells: list[Cell], layout: Layout, source_images: Callable,
+               prefix_cache=None) -> dict:
     variants = []
     for c in cells:
         pair = spec.pairs[c.pair]
         iv = _intervention(spec, pair, layout.group_sites(c.group), c.t_start, c.head)
         variants.append(Variant(pair.source_prompt, (iv,), c.seed))
-    images = _generate(probe, spec, variants)
+    images = _generate(probe, spec, variants, prefix_cache)
     pairs = [spec.pairs[c.pair] for c in cells]
     refs = np.stack([source_images(c.pair, c.seed) for c in cells])
     return {"cells": cells, "images": images, "metrics": _score(spec, images, refs, pairs, [p.source_prompt for p in pairs])}
@@ -249,27 +251,43 @@ def prepare(probe, spec: Experiment) -> Prepared:
 
 
 def compute_batch(probe, spec: Experiment, kind: str, items: list, layout: Layout, sources: dict,
-                  size: int) -> tuple[dict, int]:
+                  size: int, prefix_cache=None) -> tuple[dict, int]:
     """One stored batch: baselines (``items`` are (pair, seed) jobs) or cells, in calls of at most ``size``
-    variants, halving on out-of-memory. Returns the result and the call size that fitted."""
+    variants, halving on out-of-memory. Returns the result and the call size that fitted. ``prefix_cache``
+    (a :class:`diffprobe.engine.PrefixCache` kept for one model) lets batches reuse shared-prefix runs."""
     sizer = _Sizer(size)
     if kind == "base":
         return sizer.run(items, lambda jobs: _run_baselines(probe, spec, jobs), 2), sizer.size
-    return sizer.run(items, lambda part: _run_cells(probe, spec, part, layout, lambda p, s: sources[(p, s)])), sizer.size
+    return sizer.run(items, lambda part: _run_cells(probe, spec, part, layout, lambda p, s: sources[(p, s)],
+                                                    prefix_cache)), sizer.size
+
+
+def prefix_order(batches: dict[int, list]) -> dict[int, list]:
+    """Cell batches in the order that lets each (pair, seed) compute its shared prefix once: grouped by the
+    first cell's (pair, seed), latest t_s first (a later batch forks no later, so it reuses the prefix run)."""
+    def key(item):
+        first = item[1][0]
+        return (first.pair, first.seed, -first.t_start, item[0])
+
+    return dict(sorted(batches.items(), key=key))
 
 
 class _Local:
     """Runs batches in this process, one after the other."""
 
     def __init__(self, probe):
+        from .engine import PrefixCache
+
         self.probe = probe
+        self.prefix_cache = PrefixCache()  # the weights do not change during a sweep
 
     def prepare(self, spec: Experiment) -> Prepared:
         return prepare(self.probe, spec)
 
     def map(self, spec, kind, batches: dict[int, list], layout, sources, size):
         for i, items in batches.items():
-            out, size = compute_batch(self.probe, spec, kind, items, layout, sources, size)  # a size that fitted stays
+            out, size = compute_batch(self.probe, spec, kind, items, layout, sources, size,  # a size that fitted stays
+                                      self.prefix_cache)
             yield i, (out, size)
 
 
@@ -306,7 +324,7 @@ def run_experiment(spec: Experiment, *, probe=None, store=None, progress=None, e
         done += 1
         tick()
     sources = st.source_images()
-    todo = {i: b for i, b in enumerate(cell_batches) if not st.has("cell", i)}
+    todo = prefix_order({i: b for i, b in enumerate(cell_batches) if not st.has("cell", i)})
     for i, (out, size) in executor.map(spec, "cell", todo, layout, sources, min(used)):
         st.write_cells(i, out)
         used.append(size)

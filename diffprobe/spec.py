@@ -93,6 +93,9 @@ class Experiment:
             out-of-memory error and retrying (nothing lost, nothing written twice; the size used is recorded).
         device, dtype: where the runner loads the model (see :func:`diffprobe.load`): "auto" or explicit.
         ocr_engine: the OCR engine of the text metrics: "tesseract" (default) or "easyocr" (the paper's).
+        share_prefix: run the steps before a batch's first edited step once per distinct (prompt, seed) and
+            replay them to the batch's other rows (default True; see docs/benchmarks.md for the saving and
+            the tolerance against ``False``, which runs every row through every step).
     """
 
     model: str = "glyph"
@@ -115,6 +118,7 @@ class Experiment:
     device: str = "auto"
     dtype: str = "auto"
     ocr_engine: str = "tesseract"
+    share_prefix: bool = True
 
     def __post_init__(self):
         for name, check in _FIELD_CHECKS.items():
@@ -254,10 +258,13 @@ def _grouping(value) -> str:
     return value
 
 
-def _flag(value) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"per_head must be true or false; got {value!r}.")
-    return value
+def _flag(name: str):
+    def check(value) -> bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{name} must be true or false; got {value!r}.")
+        return value
+
+    return check
 
 
 def _seeds(values) -> tuple[int, ...]:
@@ -306,7 +313,7 @@ _FIELD_CHECKS = {
     "counts": lambda v: checks.int_list(v, "counts", SpecError, lo=1, allow_empty=True),
     "t_starts": lambda v: checks.int_list(v, "t_starts", SpecError),
     "heads": _optional(lambda v: checks.int_list(v, "heads", SpecError, lo=0)),
-    "per_head": _flag,
+    "per_head": _flag("per_head"),
     "seeds": _seeds,
     "steps": lambda v: checks.integer(v, "steps", SpecError, lo=1),
     "guidance": _optional(lambda v: checks.number(v, "guidance", SpecError, lo=0.0)),
@@ -318,4 +325,5 @@ _FIELD_CHECKS = {
     "device": lambda v: checks.text(v, "device", SpecError, allow_empty=False).strip().lower(),
     "dtype": _dtype,
     "ocr_engine": _ocr_engine,
+    "share_prefix": _flag("share_prefix"),
 }
