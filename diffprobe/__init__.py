@@ -21,11 +21,12 @@ from .spec import Experiment
 __version__ = "0.1.0"
 
 _LAZY = {"load": "loading", "Probe": "probe", "Generation": "probe", "localize": "localization", "attend": "attention",
-         "edit_text": "edit"}
+         "edit_text": "edit", "guard": "safety", "finetune": "lora"}
 
 __all__ = [
     "load", "localize", "Probe", "Generation", "Site", "SiteCatalogue", "Variant", "Experiment",
     "Patch", "Inject", "Ablate", "Scale", "Capture", "AttentionMap", "ReplaceAttention", "attend", "edit_text",
+    "guard", "finetune",
     "DiffprobeError", "SiteError", "InterventionError", "ModelLoadError",
     "UnsupportedArchitectureError", "MetricError", "SpecError", "ResultsError",
 ]

@@ -49,6 +49,9 @@ class DiffprobeAccessor:
         if any(s.paper_set_f1 is not None for s in ranked):  # the paper's own headline figure, same cell
             scores.coords["paper_set_f1"] = (group, [np.nan if s.paper_set_f1 is None else s.paper_set_f1
                                                      for s in ranked])
+        if any(s.length_match is not None for s in ranked):  # the length view: readings of the right length
+            scores.coords["length_match"] = (group, [np.nan if s.length_match is None else s.length_match
+                                                     for s in ranked])
         return scores
 
     def localized(self, name: str = "ocr_f1_target", threshold: float = 0.5, t_start: int | None = None) -> list[str]:

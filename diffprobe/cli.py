@@ -475,6 +475,141 @@ def edit(
 
 @app.command()
 @_guard
+def guard(
+    model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA adapters from `diffprobe finetune` to load."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Prompt, with the text to render in double quotes."),
+    blocklist: Optional[Path] = typer.Option(None, "--blocklist", help="Block-list file: one word a line, # comments."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Classifier score (alt-profanity-check) that fires."),
+    sites: Optional[str] = typer.Option(None, "--sites", help="Sites, a localize folder/localized.json or a sweep "
+                                        "folder (default: the model's saved localization)."),
+    t_start: Optional[int] = typer.Option(None, "--t-start", help="First changed step t_s (default: from --sites)."),
+    benign: Optional[str] = typer.Option(None, "--benign", help="Replacement word (default: drawn from a list)."),
+    benign_seed: int = typer.Option(0, "--benign-seed", help="Seed of the benign word's draw."),
+    steps: int = typer.Option(25, help="Denoising steps."),
+    seed: int = typer.Option(0, help="Generation seed."),
+    compare: bool = typer.Option(False, "--compare", help="Instead: the defences' comparison table on the prompts "
+                                 "(default for glyph: each block-list word on 3 templates)."),
+    out: Path = typer.Option(Path("guard_out"), "--out", help="Output folder."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+):
+    """Screen the text a prompt asks to render; if it is flagged, only the localized sites read a benign word.
+
+    Writes DIR/image.png, DIR/undefended.png and DIR/guard.json (score, threshold, block-list words, benign word,
+    sites, t_s). See docs/applications.md.
+
+    Examples:
+
+      diffprobe guard --prompt 'a green road sign that says "DOG"' --blocklist words.txt --out runs/guard
+
+      diffprobe guard --compare --blocklist diffprobe/bench_data/glyph_blocklist.txt --out runs/guard_compare
+    """
+    from . import safety as guarding
+    from .errors import InterventionError
+    from .loading import load
+
+    _state["origin"] = {"text": "--prompt", "prompt": "--prompt", "sites": "--sites", "steps": "--t-start",
+                        "threshold": "--threshold", "blocklist": "--blocklist", "benign": "--benign"}
+    _set_threads(threads)
+    _quiet_libraries()
+    screen = (guarding.Screen.from_file(blocklist, threshold) if blocklist is not None
+              else guarding.Screen(threshold=threshold))
+    probe = load(model, lora=lora)
+    if compare:
+        prompts = list(prompt) or _guard_prompts(probe, screen)
+        md = guarding.run_comparison(probe, out, prompts=prompts, screen=screen, sites=sites, t_start=t_start,
+                                     steps=steps, seeds=(seed,), benign_seed=benign_seed,
+                                     progress=lambda name: typer.echo(f"running: {name}", err=True))
+        typer.echo(md.read_text())
+        return
+    if len(prompt) != 1:
+        raise InterventionError("give one --prompt (or --compare).", field="prompt")
+    result = guarding.guard(probe, prompt[0], screen=screen, sites=sites, t_start=t_start, benign=benign,
+                            benign_seed=benign_seed, steps=steps, seed=seed, undefended=True)
+    what = (f"fired ({result.verdict.reason}): {' '.join(result.sites)} read {result.safe_prompt!r} from "
+            f"t_s={result.t_start}" if result.fired else f"passed ({result.verdict.reason}): generated unchanged")
+    typer.echo(f"{what}\nrecord: {guarding.write_outputs(result, out)}")
+
+
+def _guard_prompts(probe, screen) -> list[str]:
+    """The glyph comparison's prompts: each block-list word on the blue book cover, green road sign and yellow taxi
+    sign templates (combinations glyph was trained on)."""
+    from .errors import InterventionError
+    from .zoo.glyph import data
+
+    if probe.name != "glyph" or not screen.blocklist:
+        raise InterventionError("--compare needs --prompt (repeat it) unless the model is glyph with a --blocklist.",
+                                field="prompt")
+    return [data.prompt(t, w.upper()) for w in screen.blocklist for t in (1, 2, 5)]
+
+
+@app.command()
+@_guard
+def finetune(
+    model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
+    sites: Optional[str] = typer.Option(None, "--sites", help="Sites whose attention projections get LoRA adapters, "
+                                        "e.g. 'cross:9 cross:10', cross:all."),
+    random_like: Optional[str] = typer.Option(None, "--random-like", help="Instead: random other sites with the LoRA "
+                                              "parameter count of these (the control)."),
+    full: bool = typer.Option(False, "--full", help="Train every weight of the denoiser instead (no LoRA)."),
+    data: str = typer.Option("glyph:heldout", "--data", help="glyph:heldout | glyph:train | glyph:all, or a JSONL "
+                             "file of {\"prompt\", \"image\"} lines."),
+    targets: str = typer.Option(",".join(("to_q", "to_k", "to_v", "to_out.0")), "--targets",
+                                help="Linear layers of each site that get adapters."),
+    rank: int = typer.Option(4, "--rank", help="LoRA rank (alpha = rank unless --alpha)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps (a larger value continues a finished run)."),
+    batch: int = typer.Option(8, "--batch", help="Images per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (linear warm-up, then constant)."),
+    warmup: int = typer.Option(20, "--warmup", help="Warm-up steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random draw (deterministic for a seed)."),
+    noisy_frac: float = typer.Option(0.0, "--noisy-frac", help="Share of timesteps drawn from [noisy-from*T, T) "
+                                     "(glyph's recipe: 0.5)."),
+    noisy_from: float = typer.Option(0.9, "--noisy-from", help="Start of that range as a fraction of T."),
+    ckpt_every: int = typer.Option(50, "--ckpt-every", help="Checkpoint every N steps (resume point)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (faster on some CPUs; fp32 by default)."),
+    out: Path = typer.Option(Path("finetune_out"), "--out", help="Output folder (re-running resumes)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+):
+    """LoRA (peft) on the chosen sites' attention projections, trained with the pipeline's own noise objective.
+
+    Saves peft adapters in DIR (load with diffprobe.load(model, lora=DIR) or --lora), checkpoints DIR/checkpoint.pt;
+    run the same command again to resume. See docs/applications.md.
+
+    Examples:
+
+      diffprobe finetune --sites "cross:9 cross:10" --data glyph:heldout --steps 150 --seed 0 --out runs/ft_top
+
+      diffprobe finetune --random-like "cross:9 cross:10" --data glyph:heldout --steps 150 --out runs/ft_random
+    """
+    from .errors import SpecError
+    from .lora import FinetuneSpec, finetune as run_finetune, random_sites_like
+    from .loading import load
+
+    _state["origin"] = {"sites": "--sites", "targets": "--targets", "rank": "--rank", "steps": "--steps",
+                        "batch": "--batch", "lr": "--lr", "data": "--data", "out": "--out", "mode": "--full",
+                        "noisy_frac": "--noisy-frac", "noisy_from": "--noisy-from", "ckpt_every": "--ckpt-every",
+                        "warmup": "--warmup", "lora": "--model"}
+    _set_threads(threads)
+    _quiet_libraries()
+    if sum(x is not None and x is not False for x in (sites, random_like, full or None)) != 1:
+        raise SpecError("give exactly one of --sites, --random-like or --full.", field="sites")
+    spec = FinetuneSpec(sites=sites or random_like, mode="full" if full else "lora", targets=tuple(targets.split(",")),
+                        rank=rank, alpha=alpha, steps=steps, batch=batch, lr=lr, warmup=warmup, seed=seed,
+                        noisy_frac=noisy_frac, noisy_from=noisy_from, ckpt_every=ckpt_every, bf16=bf16)
+    probe = load(model, dtype="float32")  # trained in float32, on the GPU when present
+    if random_like:
+        spec = FinetuneSpec.from_dict(dict(spec.to_dict(), sites=random_sites_like(
+            probe, random_like, targets=spec.targets, rank=rank, seed=seed)))
+        typer.echo(f"random sites: {spec.sites}", err=True)
+    result = run_finetune(probe, data, out, spec, progress=not quiet)
+    typer.echo(f"{result.trainable_params:,} trainable parameters, {result.steps} steps, {result.seconds:.0f} s; "
+               f"final loss {result.losses[-1]:.4f}\nsaved: {out}" + ("" if full else f" (load(model, lora={str(out)!r}))"))
+
+
+@app.command()
+@_guard
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
     n: int = typer.Option(8, "--n", help="Prompt pairs."),

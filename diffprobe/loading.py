@@ -72,12 +72,14 @@ def _default_model_dir() -> Path:
 
 
 OFFLOADS = ("model", "sequential")
+ADAPTER_CONFIG = "adapter_config.json"  # peft's adapter folder (written by diffprobe finetune)
 
 
-def _nnsight_model(source: Any, dtype, device, offload: str | None = None) -> Any:
+def _nnsight_model(source: Any, dtype, device, offload: str | None = None, lora=None) -> Any:
     """nnsight's DiffusionModel around a pipeline (a folder, a hub id, or a pipeline object), placed on
     ``device`` in ``dtype``, with diffusers' CPU offload when asked. diffusers' offload hooks rewrite
-    ``forward``, so they are installed before nnsight wraps the pipeline."""
+    ``forward``, so they are installed before nnsight wraps the pipeline; LoRA adapters (``lora``, a
+    ``diffprobe finetune`` folder) go in before both, so every intervention sees the adapted layers."""
     from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 
     class _ObjectDiffusionModel(DiffusionModel):
@@ -88,7 +90,7 @@ def _nnsight_model(source: Any, dtype, device, offload: str | None = None) -> An
             return _PipelineModule(repo_id)
 
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    if isinstance(source, (str, Path)) and offload is None:
+    if isinstance(source, (str, Path)) and offload is None and lora is None:
         with _quiet_rename():
             model = DiffusionModel(str(source), dispatch=True, use_safetensors=True, **kwargs)
         model.pipeline.to(device)
@@ -100,11 +102,36 @@ def _nnsight_model(source: Any, dtype, device, offload: str | None = None) -> An
             source = DiffusionPipeline.from_pretrained(str(source), use_safetensors=True, **kwargs)
     elif dtype is not None:
         source.to(dtype=dtype)
+    if lora is not None:
+        apply_lora(source, lora)
     if offload is None:
         source.to(device)
     else:
         _offload(source, offload, device)
     return _ObjectDiffusionModel(source, dispatch=True)
+
+
+def apply_lora(pipeline, adapter_dir) -> None:
+    """Load peft LoRA adapters saved by :func:`diffprobe.finetune` into ``pipeline``'s denoiser, in place
+    (``PeftModel.from_pretrained`` swaps the targeted Linear layers for peft's LoRA layers)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError("LoRA adapters need the peft package: pip install peft", field="lora") from None
+
+    path = Path(adapter_dir)
+    if not (path / ADAPTER_CONFIG).is_file():
+        full = path / "pipeline"
+        hint = f" (a full fine-tune: load({str(full)!r}) instead)" if (full / "model_index.json").exists() else ""
+        raise ModelLoadError(f"{path} holds no peft adapter ({ADAPTER_CONFIG} missing){hint}; give the --out folder "
+                             "of `diffprobe finetune`.", field="lora")
+    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    try:
+        PeftModel.from_pretrained(denoiser, str(path), is_trainable=False)  # injects the layers into denoiser
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(f"the adapter in {path} does not fit this model's denoiser ({type(exc).__name__}: "
+                             f"{first}).", field="lora") from None
 
 
 @contextlib.contextmanager
@@ -182,7 +209,7 @@ def _load_local(path: Path, placement: dict, shown: str | None = None):
     device = resolve_device(placement["device"])
     dtype = resolve_dtype(placement["dtype"], device, pipeline_class)
     try:
-        return _nnsight_model(path, dtype, device, placement["offload"])
+        return _nnsight_model(path, dtype, device, placement["offload"], placement.get("lora"))
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(f"Could not load the pipeline in {shown}: {type(exc).__name__}: {first}") from None
@@ -227,13 +254,14 @@ def _load_hub(repo_id: str, placement: dict):
     device = resolve_device(placement["device"])
     dtype = resolve_dtype(placement["dtype"], device, None)
     try:
-        return _nnsight_model(repo_id, dtype, device, placement["offload"])
+        return _nnsight_model(repo_id, dtype, device, placement["offload"], placement.get("lora"))
     except Exception as exc:  # hub errors are many types; all mean "not here"
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(where + f" and downloading it failed ({type(exc).__name__}: {first})" + fix) from None
 
 
-def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto", offload: str | None = None):
+def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto", offload: str | None = None,
+         lora: Any = None):
     """Load a text-to-image pipeline into nnsight and return a :class:`~diffprobe.probe.Probe`.
 
     Args:
@@ -247,20 +275,40 @@ def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto
             or a ``torch.dtype``; ``None`` keeps the dtype the weights were saved in.
         offload: ``None``, ``"model"`` or ``"sequential"``: diffusers' CPU offload for models bigger than
             the GPU (weights wait on the CPU and move to ``device`` when they run; tracing works through it).
+        lora: the ``--out`` folder of ``diffprobe finetune`` (peft LoRA adapters): loaded into the denoiser
+            before nnsight wraps it, so sweeps and every intervention run on the fine-tuned model.
     """
     from .display import quiet
 
     with quiet():  # the libraries' loading notices and bars are noise here; every setting is restored after
-        return _load(model, device, dtype, offload)
+        return _load(model, device, dtype, offload, lora)
 
 
-def _load(model: Any, device: Any, dtype: Any, offload: str | None):
+def rewrap(probe):
+    """A new :class:`~diffprobe.probe.Probe` over ``probe``'s pipeline object (same name and defaults): after the
+    denoiser's modules were changed in place (LoRA adapters put in by ``diffprobe.finetune``), nnsight's view of
+    the module tree and the site catalogue are built again from the live modules."""
+    from .probe import Probe
+
+    pipe = probe.pipeline
+    if getattr(pipe, "_diffprobe_offload", None) is not None:
+        raise ModelLoadError("a pipeline loaded with offload= cannot be wrapped again; fine-tune without offload, "
+                             "then load(model, lora=DIR, offload=...).", field="offload")
+    return Probe.from_nnsight(_nnsight_model(pipe, None, pipe.device), name=probe.name, defaults=probe.defaults)
+
+
+def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = None):
     from .probe import Probe
 
     if offload is not None and offload not in OFFLOADS:
         raise ModelLoadError(f"offload={offload!r}: choose None, 'model' or 'sequential'.", field="offload")
-    placement = {"device": device, "dtype": dtype, "offload": offload}
+    if lora is not None and not Path(lora).is_dir():
+        raise ModelLoadError(f"lora={str(lora)!r} is not a folder; give the --out folder of `diffprobe finetune`.",
+                             field="lora")
+    placement = {"device": device, "dtype": dtype, "offload": offload, "lora": lora}
     if isinstance(model, str) and model.endswith(":meta"):
+        if lora is not None:
+            raise ModelLoadError(f"{model} has no weights to put LoRA adapters on.", field="lora")
         name = model[: -len(":meta")]
         return Probe.from_denoiser(meta_denoiser(name), name=model)
     if isinstance(model, str) and model == DEFAULT_MODEL:
@@ -291,7 +339,7 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None):
         resolved = resolve_device(device)
         # an object keeps its dtype unless one is asked for explicitly
         target = None if dtype == "auto" else resolve_dtype(dtype, resolved, type(model).__name__)
-        return Probe.from_nnsight(_nnsight_model(model, target, resolved, offload), name=type(model).__name__)
+        return Probe.from_nnsight(_nnsight_model(model, target, resolved, offload, lora), name=type(model).__name__)
     raise ModelLoadError(
         f"Cannot load a {type(model).__name__}: pass a hub id, a directory, a DiffusionPipeline or '<name>:meta'."
     )

@@ -4,7 +4,7 @@ A site's **score** for a metric is the mean over prompt pairs and seeds (unfinis
 its **best cell** of the remaining grid dims (``t_start``, and ``head`` in a per-head sweep): the step
 window (and head) in which that site does its job best. With ``t_start=`` given, that window is used
 instead of the best one. "Best" is the largest value, or the smallest for the metrics the registry marks
-lower-is-better (distances and errors: ``lev_*``, ``mse``). Sites are ranked by score, ties kept in
+lower-is-better (distances and errors: ``lev_*``, ``length_error_*``, ``mse``). Sites are ranked by score, ties kept in
 catalogue order; a site with no finished cell ranks last.
 
 Why the best window and not the mean over windows: a t_s sweep asks *from which step on* a site still
@@ -46,6 +46,9 @@ class SiteScore:
     #: the paper's set F1 (2 mean(P) mean(R) / (mean(P) + mean(R) + 1e-6) of the paper_* precision and recall)
     #: in the same cell, against the text the metric is about; None when the dataset has no paper_* metrics
     paper_set_f1: float | None = None
+    #: the length view in the same cell: the rate at which the reading has as many characters as the text
+    #: (``length_match_<against>``, whitespace removed); None when the dataset has no length metric
+    length_match: float | None = None
 
 
 def metric_names(ds: xr.Dataset) -> list[str]:
@@ -126,24 +129,43 @@ def site_scores(ds: xr.Dataset, metric: str, t_start: int | None = None) -> list
         value = float(cells[best_at]) if cell_dims else float(cells)
         n = int(counts.isel({group: pos}).transpose(*cell_dims).values[best_at]) if cell_dims else int(counts.isel({group: pos}))
         cell = {group: pos, **({"t_start": t_start} if t_start is not None else {})}
-        out.append(_score(ds, group, pos, value, n, best, _paper_set_f1(ds, metric, cell, best)))
+        out.append(_score(ds, group, pos, value, n, best, _paper_set_f1(ds, metric, cell, best),
+                          _length_match(ds, metric, cell, best)))
     return out
+
+
+def _against(metric: str) -> str:
+    return "source" if metric.endswith("_source") else "target"
+
+
+def _cell(ds: xr.Dataset, name: str, position: dict, best: dict) -> np.ndarray:
+    """The values of variable ``name`` over the pairs and seeds of one cell (group position + best cell)."""
+    group = next(iter(position))
+    da = ds[name].isel({group: position[group]})
+    return da.sel({k: v for k, v in {**position, **best}.items() if k != group}).values.ravel()
 
 
 def _paper_set_f1(ds: xr.Dataset, metric: str, position: dict, best: dict) -> float | None:
     """The paper's set F1 over the pairs and seeds of one cell, against the text ``metric`` is about."""
     from .metrics import paper_set_f1
 
-    against = "source" if metric.endswith("_source") else "target"
+    against = _against(metric)
     names = (f"paper_precision_{against}", f"paper_recall_{against}")
     if not all(n in ds for n in names):
         return None
-    group = next(iter(position))
-    where = {group: position[group]}
-    p, r = (ds[n].isel(where).sel({k: v for k, v in {**position, **best}.items() if k != group}) for n in names)
-    p, r = p.values.ravel(), r.values.ravel()
+    p, r = (_cell(ds, n, position, best) for n in names)
     keep = ~(np.isnan(p) | np.isnan(r))
     return float(paper_set_f1(p[keep], r[keep])) if keep.any() else None
+
+
+def _length_match(ds: xr.Dataset, metric: str, position: dict, best: dict) -> float | None:
+    """The rate of readings of the right length (``length_match_<against>``) over one cell's pairs and seeds."""
+    name = f"length_match_{_against(metric)}"
+    if name not in ds:
+        return None
+    v = _cell(ds, name, position, best)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
 
 
 def rank_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int | None = None,
@@ -156,9 +178,10 @@ def rank_sites(ds: xr.Dataset, metric: str = "ocr_f1_target", k: int | None = No
 
 
 def _score(ds: xr.Dataset, group: str, pos: int, mean: float, n: int, best: dict,
-           set_f1: float | None) -> SiteScore:
+           set_f1: float | None, length: float | None = None) -> SiteScore:
     coord = lambda name, default: str(ds[name].values[pos]) if name in ds.coords else default  # noqa: E731
     index = int(ds[group].values[pos])
     label = coord("site_label", "") or coord("sites_used", f"{group} {index}")
     return SiteScore(position=pos, index=index, label=label, name=coord("site_name", label),
-                     kind=coord("site_kind", ""), mean=mean, n=n, best=best, paper_set_f1=set_f1)
+                     kind=coord("site_kind", ""), mean=mean, n=n, best=best, paper_set_f1=set_f1,
+                     length_match=length)

@@ -34,7 +34,7 @@ def test_a_score_is_the_mean_over_pairs_and_seeds_in_the_best_window(ds):
 
 def test_lower_is_better_comes_from_the_registry(ds):
     assert {m for m in METRICS if lower_is_better(m)} == {"lev_target", "lev_source", "mse"} | {
-        m for m in METRICS if m.startswith("paper_lev")}
+        m for m in METRICS if m.startswith(("paper_lev", "length_error"))}
     flipped = ds.assign(mse=1 - ds["ocr_f1_target"])  # mse ranks lowest first: the same order as F1 highest
     assert [s.index for s in rank_sites(flipped, "mse")] == [s.index for s in rank_sites(ds, "ocr_f1_target")]
 
@@ -66,3 +66,26 @@ def test_the_papers_set_f1_stands_next_to_the_mean_f1(ds):
 
     assert "paper set F1" in _sites_section(top, "ocr_f1_target")
     assert "paper_set_f1" not in ds.dp.best_sites("ocr_f1_target", k=2).coords  # absent without paper_* metrics
+
+
+def test_the_length_view_stands_next_to_the_mean_f1(ds):
+    """With length_match_* in the dataset, best_sites and the report show the rate of readings of the right
+    length in the same cell as the score (the view character F1 hides: "catn" for "cat")."""
+    rng = np.random.default_rng(2)
+    match = (ds["ocr_f1_target"] * 0 + (rng.uniform(0, 1, ds["ocr_f1_target"].shape) > 0.5)).where(ds["done"])
+    with_length = ds.assign(length_match_target=match, length_match_source=1 - match)
+    best = with_length.dp.best_sites("ocr_f1_target", k=3)
+    top = rank_sites(with_length, "ocr_f1_target", 3)
+    for i, s in enumerate(top):
+        v = np.asarray(match.sel(site=s.index, **s.best).values, dtype=float).ravel()
+        assert s.length_match == pytest.approx(np.nanmean(v))
+        assert float(best.length_match.values[i]) == pytest.approx(s.length_match)
+    # a _source metric is paired with the source text's length view
+    s = rank_sites(with_length, "ocr_f1_source", 1)[0]
+    v = np.asarray((1 - match).sel(site=s.index, **s.best).values, dtype=float).ravel()
+    assert s.length_match == pytest.approx(np.nanmean(v))
+    from diffprobe.report.html import _sites_section
+
+    assert "right length" in _sites_section(top, "ocr_f1_target")
+    assert "length_match" not in ds.dp.best_sites("ocr_f1_target", k=2).coords  # absent without the metric
+    assert "right length" not in _sites_section(rank_sites(ds, "ocr_f1_target", 2), "ocr_f1_target")

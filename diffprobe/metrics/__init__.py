@@ -11,8 +11,8 @@ from diffprobe.metrics.registry import (
     DEFAULT_METRICS, METRICS, compute, list_metrics, lower_is_better, unavailable, validate,
 )
 from diffprobe.metrics.text import (
-    char_f1, char_precision_recall, exact_match, levenshtein, paper_accuracy, paper_levenshtein,
-    paper_precision_recall, paper_set_f1, set_f1,
+    char_f1, char_precision_recall, exact_match, length_error, length_match, levenshtein, paper_accuracy,
+    paper_levenshtein, paper_precision_recall, paper_set_f1, rendered_length, set_f1,
 )
 
 __all__ = [
@@ -28,6 +28,9 @@ __all__ = [
     "OCR_ENGINES",
     "exact_match",
     "levenshtein",
+    "rendered_length",
+    "length_match",
+    "length_error",
     "mse",
     "psnr",
     "ssim",

@@ -66,8 +66,12 @@ def _text_metrics(against: str) -> list[Metric]:
          lambda ocr, text: float(_text.exact_match(ocr, text))),
         ("lev", f"Levenshtein distance from the OCR reading to {what}",
          lambda ocr, text: float(_text.levenshtein(ocr, text))),
+        ("length_match", f"1 if the OCR reading has as many characters as {what} (whitespace removed), else 0",
+         _text.length_match),
+        ("length_error", f"|characters read - characters of {what}| (whitespace removed)", _text.length_error),
     ]
-    return [Metric(f"{stem}_{against}", desc, frozenset({"ocr"}), fn, against, lower_is_better=stem == "lev")
+    return [Metric(f"{stem}_{against}", desc, frozenset({"ocr"}), fn, against,
+                   lower_is_better=stem in ("lev", "length_error"))
             for stem, desc, fn in specs]
 
 

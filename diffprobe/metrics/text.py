@@ -13,6 +13,10 @@ Empty strings: when both are empty the reading is perfect, ``(P, R) = (1, 1)``. 
 is empty nothing is shared and the score is ``(0, 0)``: a blank image earns no precision for
 reading nothing, and a spurious reading of an empty text earns no recall.
 
+**Length** (``length_match``, ``length_error``): whether the reading has as many characters as
+the text, whitespace removed. Character F1 and even Levenshtein can hide a word of the wrong
+length (``"catn"`` for ``"cat"``: F1 0.86, one edit); the length view states it on its own.
+
 Over a set of samples the paper's F1 is the harmonic mean of the *mean* precision and the *mean*
 recall (``set_f1``), which is not the mean of per-sample F1s (``char_f1``); both are provided.
 
@@ -40,6 +44,7 @@ from rapidfuzz.distance import Levenshtein
 from diffprobe.errors import MetricError
 
 __all__ = ["char_precision_recall", "char_f1", "set_f1", "exact_match", "levenshtein", "normalize",
+           "rendered_length", "length_match", "length_error",
            "paper_precision_recall", "paper_accuracy", "paper_levenshtein", "paper_set_f1"]
 
 
@@ -112,6 +117,25 @@ def exact_match(ocr: str, text: str) -> bool:
 def levenshtein(ocr: str, text: str) -> int:
     """Edit distance between the lower-cased, whitespace-normalised reading and text (rapidfuzz)."""
     return int(Levenshtein.distance(normalize(ocr), normalize(text)))
+
+
+def rendered_length(text: str) -> int:
+    """The number of characters of a reading or text with all whitespace removed (what was drawn)."""
+    return len("".join(str(text).split()))
+
+
+def length_match(ocr: str, text: str) -> float:
+    """1.0 when the reading has as many characters as the text (whitespace removed), else 0.0.
+
+    The length-aware view that character F1 hides: ``"catn"`` for ``"cat"`` has F1 0.86 but the
+    wrong length (a glyph of the old word remains); ``"cot"`` has the right length. Two empty
+    strings match."""
+    return float(rendered_length(ocr) == rendered_length(text))
+
+
+def length_error(ocr: str, text: str) -> float:
+    """``|len(reading) - len(text)|``, whitespace removed (0 is the right length; lower is better)."""
+    return float(abs(rendered_length(ocr) - rendered_length(text)))
 
 
 def _means(precisions: Sequence[float], recalls: Sequence[float], who: str) -> tuple[float, float]:

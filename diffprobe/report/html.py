@@ -233,19 +233,27 @@ def _sites_section(top: list[SiteScore], metric: str) -> str:
     better = "lowest" if lower_is_better(metric) else "highest"
     paper = any(s.paper_set_f1 is not None for s in top)  # the paper's own headline figure, when recorded
 
+    length = any(s.length_match is not None for s in top)  # the length view, when recorded
+
     def set_f1(s: SiteScore) -> str:
         return f"<td class='num'>{'-' if s.paper_set_f1 is None else f'{s.paper_set_f1:.3f}'}</td>" if paper else ""
 
+    def length_cell(s: SiteScore) -> str:
+        return f"<td class='num'>{'-' if s.length_match is None else f'{s.length_match:.2f}'}</td>" if length else ""
+
     rows = "".join(
         f"<tr><td class='num'>{rank}</td><td class='mono'>{escape(s.name)}</td><td>{escape(s.kind)}</td>"
-        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td>{set_f1(s)}<td class='num'>{s.n}</td>"
+        f"<td class='num'>{s.index}</td><td class='num'>{s.mean:.3f}</td>{set_f1(s)}{length_cell(s)}<td class='num'>{s.n}</td>"
         f"<td>{escape(_cell_text(s.best))}</td></tr>"
         for rank, s in enumerate(top, 1)
     )
-    paper_head = "<th>paper set F1</th>" if paper else ""
+    paper_head = ("<th>paper set F1</th>" if paper else "") + ("<th>right length</th>" if length else "")
     paper_note = (" <i>paper set F1</i> is the paper's own figure in the same cell: 2&middot;mean(P)&middot;mean(R) / "
                   "(mean(P) + mean(R)) of its lower-cased, anagram-tolerant character precision and recall "
                   "(docs/metrics.md), so it compares directly with the paper's tables." if paper else "")
+    if length:
+        paper_note += (" <i>right length</i> is the rate, in the same cell, at which the reading has as many "
+                       "characters as the text (whitespace removed): character F1 does not see a leftover glyph.")
     return (
         f"<section id='sites'><h2>Localized sites</h2><p class='note'>The {len(top)} sites with the {better} "
         f"{escape(metric)}: each site's mean over pairs and seeds in its best cell (step window, head), "
