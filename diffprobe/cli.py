@@ -36,7 +36,7 @@ OPTION_OF = {
     "per_head": "--per-head", "seeds": "--seeds", "steps": "--steps", "guidance": "--guidance",
     "metrics": "--metrics", "batch_size": "--batch-size", "out": "--out", "metric": "--metric",
     "threads": "--threads", "n": "--n", "config": "--config", "device": "--device", "dtype": "--dtype",
-    "offload": "--offload", "cluster": "--cluster", "ocr_engine": "--ocr", "share_prefix": "--no-share-prefix",
+    "offload": "--offload", "cluster": "--cluster", "ocr_engine": "--ocr", "share_prefix": "--no-share-prefix", "lora": "--lora",
 }
 
 
@@ -257,6 +257,8 @@ def sweep(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Run the batches on dask workers: local:N (N worker processes here) or a scheduler "
         "address tcp://host:8786 (needs diffprobe[dask])."),
+    lora: Optional[str] = typer.Option(
+        None, "--lora", help="A `diffprobe finetune` output folder: sweep the model with these LoRA adapters."),
     no_share_prefix: bool = typer.Option(
         False, "--no-share-prefix", help="Run every variant through every step instead of running the steps before "
         "its t_s once per prompt and seed (slower; see docs/benchmarks.md)."),
@@ -281,6 +283,7 @@ def sweep(
         metrics=tuple(metrics.split(",")) if metrics else None, guidance=guidance, batch_size=_batch_size(batch_size),
         device=device, dtype=dtype, ocr_engine=ocr,
         grouping=grouping, counts=_ints(counts, "counts"), share_prefix=False if no_share_prefix else None,
+        lora=lora,
     )
     spec = _spec_from_options(dict(config=config, overrides=overrides, pairs=pairs, bench=bench, n=n, pair_seed=pair_seed))
     check_out(out)  # before the model loads: a bad --out fails in milliseconds
@@ -304,8 +307,8 @@ def _run_with_progress(spec, out: Path, quiet: bool, cluster: Optional[str] = No
         console.print(f"connecting to {cluster} ...", markup=False)
         client = connect(cluster)
     else:
-        console.print(f"loading {spec.model} ...", markup=False)
-        probe = load(spec.model, device=spec.device, dtype=spec.dtype)
+        console.print(f"loading {spec.model}" + (f" with LoRA {spec.lora}" if spec.lora else "") + " ...", markup=False)
+        probe = load(spec.model, device=spec.device, dtype=spec.dtype, lora=spec.lora)
         console.print("runs on " + ", ".join(f"{k} {v}" for k, v in probe.runtime.items() if k != "device_type"),
                       markup=False)
         if not quiet:  # the pipeline's own per-step bar, for long runs
@@ -650,6 +653,8 @@ def localize(
     out: Path = typer.Option(Path("localize_out"), "--out", help="Output folder (re-running resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (use 1 on a busy machine)."),
+    lora: Optional[str] = typer.Option(
+        None, "--lora", help="A `diffprobe finetune` output folder: localize on the model with these LoRA adapters."),
 ):
     """The paper's localization study end to end: single sites, step windows, layer count, held-out check.
 
@@ -684,7 +689,7 @@ def localize(
     study_pairs = _pairs(pairs, bench, n + held_out, pair_seed, model)
     check_out(out)  # before the model loads
     with quiet_libraries():
-        probe = load(model, device=device, dtype=dtype)
+        probe = load(model, device=device, dtype=dtype, lora=lora)
     result = run_localize(probe, study_pairs, out, progress=not quiet, **settings)
     typer.echo("\n".join(result.summary) + f"\nreport: {result.report}\nsites:  {result.file}")
 

@@ -27,16 +27,16 @@ from .errors import SpecError
 
 __all__ = ["DaskExecutor", "ProbeLoader", "connect"]
 
-_PROBES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype) -> Probe
-_PREFIXES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype) -> PrefixCache of that probe
+_PROBES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype, lora) -> Probe
+_PREFIXES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype, lora) -> PrefixCache of that probe
 
 
-def _probe(model: str, device: str, dtype: str):
-    key = (model, device, dtype)
+def _probe(model: str, device: str, dtype: str, lora: str | None = None):
+    key = (model, device, dtype, lora)
     if key not in _PROBES:
         from .loading import load
 
-        _PROBES[key] = load(model, device=device, dtype=dtype)
+        _PROBES[key] = load(model, device=device, dtype=dtype, lora=lora)
     return _PROBES[key]
 
 
@@ -63,7 +63,7 @@ def _prepare_task(spec_json: str, threads: int | None):
     _quiet_worker()
     _threads(threads)
     spec = Experiment.from_json(spec_json)
-    return prepare(_probe(spec.model, spec.device, spec.dtype), spec)
+    return prepare(_probe(spec.model, spec.device, spec.dtype, spec.lora), spec)
 
 
 def _batch_task(spec_json: str, kind: str, items: list, layout_dict: dict, sources: dict, size: int,
@@ -77,7 +77,7 @@ def _batch_task(spec_json: str, kind: str, items: list, layout_dict: dict, sourc
     spec = Experiment.from_json(spec_json)
     from .engine import PrefixCache
 
-    key = (spec.model, spec.device, spec.dtype)
+    key = (spec.model, spec.device, spec.dtype, spec.lora)
     probe = _probe(*key)
     cache = _PREFIXES.setdefault(key, PrefixCache())
     return compute_batch(probe, spec, kind, items, Layout.from_dict(layout_dict), sources, size, cache)
@@ -92,14 +92,14 @@ except ImportError:  # pragma: no cover - only without the extra
 class ProbeLoader(_PluginBase):
     """A worker plugin that loads the probe once, when a worker starts (and after a restart)."""
 
-    def __init__(self, model: str, device: str, dtype: str, threads: int | None = None):
-        self.model, self.device, self.dtype, self.threads = model, device, dtype, threads
-        self.name = f"diffprobe-probe-{model}-{device}-{dtype}"
+    def __init__(self, model: str, device: str, dtype: str, threads: int | None = None, lora: str | None = None):
+        self.model, self.device, self.dtype, self.threads, self.lora = model, device, dtype, threads, lora
+        self.name = f"diffprobe-probe-{model}-{device}-{dtype}" + (f"-lora-{lora}" if lora else "")
 
     def setup(self, worker):  # noqa: ARG002 - dask's signature
         _quiet_worker()
         _threads(self.threads)
-        _probe(self.model, self.device, self.dtype)
+        _probe(self.model, self.device, self.dtype, self.lora)
 
 
 class DaskExecutor:
@@ -107,7 +107,7 @@ class DaskExecutor:
 
     def __init__(self, client, spec, threads: int | None = 1):
         self.client, self.spec_json, self.threads = client, spec.to_json(), threads
-        client.register_plugin(ProbeLoader(spec.model, spec.device, spec.dtype, threads))
+        client.register_plugin(ProbeLoader(spec.model, spec.device, spec.dtype, threads, spec.lora))
 
     def prepare(self, spec):
         return self.client.submit(_prepare_task, self.spec_json, self.threads, pure=False).result()

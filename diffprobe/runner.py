@@ -165,7 +165,7 @@ def _probe_for(spec: Experiment, probe):
     from .loading import load
 
     if probe is None:
-        return load(spec.model, device=spec.device, dtype=spec.dtype)
+        return load(spec.model, device=spec.device, dtype=spec.dtype, lora=spec.lora)
     have = probe.runtime
     if spec.dtype != "auto" and have.get("dtype") != spec.dtype:
         raise SpecError(f"the probe runs in {have.get('dtype')} but the spec asks for dtype={spec.dtype!r}; load it "

@@ -96,6 +96,8 @@ class Experiment:
         share_prefix: run the steps before a batch's first edited step once per distinct (prompt, seed) and
             replay them to the batch's other rows (default True; see docs/benchmarks.md for the saving and
             the tolerance against ``False``, which runs every row through every step).
+        lora: a ``diffprobe finetune`` output folder: the runner loads the model with these peft LoRA adapters
+            (``diffprobe.load(model, lora=...)``); with ``probe=`` the given probe is used as it is.
     """
 
     model: str = "glyph"
@@ -119,6 +121,7 @@ class Experiment:
     dtype: str = "auto"
     ocr_engine: str = "tesseract"
     share_prefix: bool = True
+    lora: str | None = None
 
     def __post_init__(self):
         for name, check in _FIELD_CHECKS.items():
@@ -326,4 +329,5 @@ _FIELD_CHECKS = {
     "dtype": _dtype,
     "ocr_engine": _ocr_engine,
     "share_prefix": _flag("share_prefix"),
+    "lora": _optional(lambda v: checks.text(v, "lora", SpecError, allow_empty=False)),
 }

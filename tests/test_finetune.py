@@ -144,3 +144,25 @@ def test_finetune_command_resumes(tiny_dirs, jsonl, tmp_path):
     assert json.loads((tmp_path / "c" / "finetune.json").read_text())["steps_done"] == 2
     bad = runner.invoke(app, args + ["--steps", "1", "--rank", "0"])
     assert bad.exit_code == 2 and "--rank" in bad.output
+
+
+def test_a_sweep_runs_on_the_adapted_model(tmp_path):
+    """``Experiment(lora=DIR)`` / ``sweep --lora DIR``: the runner loads the adapters; the results equal a sweep
+    on ``load(model, lora=DIR)`` passed as probe (same batches, so bit for bit), and differ from the base model's."""
+    from diffprobe import Experiment
+    from diffprobe.bench import PromptPair
+    from diffprobe.experiments import run
+
+    finetune("glyph", "glyph:heldout", tmp_path / "ft", sites="cross:9", steps=2, batch=2, lr=5e-2, progress=False)
+    pair = PromptPair(GLYPH, 'a red sign that says "OPEN"', "STOP", "OPEN")
+    spec = Experiment(model="glyph", lora=str(tmp_path / "ft"), pairs=(pair,), sites="cross:9 cross:10", steps=2,
+                      metrics=("mse",), device="cpu", dtype="float32")
+    by_spec = run(spec, store=tmp_path / "a", progress=None)
+    adapted = diffprobe.load("glyph", lora=tmp_path / "ft", device="cpu", dtype="float32")
+    by_probe = run(spec, probe=adapted, store=tmp_path / "b", progress=None)
+    np.testing.assert_array_equal(by_spec["mse"].values, by_probe["mse"].values)
+    base = run(spec.replace(lora=None), store=tmp_path / "c", progress=None)
+    assert not np.array_equal(base["baseline_mse"].values, by_spec["baseline_mse"].values) or \
+        not np.array_equal(base["mse"].values, by_spec["mse"].values)
+    with pytest.raises(SpecError, match="lora"):
+        Experiment(model="glyph", lora="", pairs=(pair,))
