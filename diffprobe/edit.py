@@ -250,13 +250,17 @@ def _scores(images, sources, cells, box, read_texts, char_f1, exact_match) -> di
     return {k: float(np.mean([min(r[k], 100.0) if k.startswith("psnr") else r[k] for r in per])) for k in keys}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The comparison as a markdown table (PSNR capped at 100 dB for identical images)."""
-    cols = [("method", "method"), ("f1_new", "OCR F1 new"), ("exact_new", "exact new"), ("f1_old", "OCR F1 old"),
-            ("exact_old", "exact old"), ("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"),
-            ("ssim_outside", "SSIM outside"), ("psnr_outside", "PSNR outside"), ("mse_outside", "MSE outside"),
-            ("seconds", "s / edit")]
-    cols = [(k, h) for k, h in cols if k in rows[0]]
+#: the editing comparison's columns: (row key, header)
+EDIT_COLUMNS = [("method", "method"), ("f1_new", "OCR F1 new"), ("exact_new", "exact new"), ("f1_old", "OCR F1 old"),
+                ("exact_old", "exact old"), ("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"),
+                ("ssim_outside", "SSIM outside"), ("psnr_outside", "PSNR outside"), ("mse_outside", "MSE outside"),
+                ("seconds", "s / edit")]
+
+
+def markdown_table(rows: list[dict], columns: Sequence[tuple[str, str]] = EDIT_COLUMNS) -> str:
+    """A comparison as a markdown table: the ``columns`` (row key, header) the rows have; the first column is the
+    method's name, PSNR and MSE get one decimal, the rest two (PSNR capped at 100 dB for identical images)."""
+    cols = [(k, h) for k, h in columns if k in rows[0]]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r[k] if k == "method" else (f"{r[k]:.1f}" if k.startswith(("psnr", "mse")) else f"{r[k]:.2f}")

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .edit import _QUOTED, check_expressible, edit_intervention, glyph_text_box, image_scores, target_prompt
+from .edit import markdown_table as edit_table
 from .errors import InterventionError, MetricError
 from .plan import Variant
 
@@ -330,14 +331,8 @@ _COLUMNS = [("method", "defence"), ("toxic_left", "toxic text left"), ("exact_wo
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The comparison as a markdown table (PSNR capped at 100 dB for identical images)."""
-    cols = [(k, h) for k, h in _COLUMNS if k in rows[0]]
-    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [r[k] if k == "method" else (f"{r[k]:.1f}" if k.startswith(("psnr", "mse")) else f"{r[k]:.2f}")
-                 for k, _ in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The defences' comparison as a markdown table (the editing table's format, these columns)."""
+    return edit_table(rows, _COLUMNS)
 
 
 def run_comparison(probe, out, *, prompts: Sequence[str], screen: Screen, sites=None, t_start=None, steps: int = 25,
