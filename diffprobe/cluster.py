@@ -28,7 +28,12 @@ from .errors import SpecError
 __all__ = ["DaskExecutor", "ProbeLoader", "connect"]
 
 _PROBES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype, lora) -> Probe
-_PREFIXES: dict[tuple, Any] = {}  # per worker process: (model, device, dtype, lora) -> PrefixCache of that probe
+_PREFIXES: dict[tuple, Any] = {}  # per worker process: the same key -> the PrefixCache of that probe
+
+
+def _model_key(spec) -> tuple:
+    """What a worker loads for ``spec``: one probe (and one prefix cache) per key and process."""
+    return (spec.model, spec.device, spec.dtype, spec.lora)
 
 
 def _probe(model: str, device: str, dtype: str, lora: str | None = None):
@@ -63,7 +68,7 @@ def _prepare_task(spec_json: str, threads: int | None):
     _quiet_worker()
     _threads(threads)
     spec = Experiment.from_json(spec_json)
-    return prepare(_probe(spec.model, spec.device, spec.dtype, spec.lora), spec)
+    return prepare(_probe(*_model_key(spec)), spec)
 
 
 def _batch_task(spec_json: str, kind: str, items: list, layout_dict: dict, sources: dict, size: int,
@@ -77,7 +82,7 @@ def _batch_task(spec_json: str, kind: str, items: list, layout_dict: dict, sourc
     spec = Experiment.from_json(spec_json)
     from .engine import PrefixCache
 
-    key = (spec.model, spec.device, spec.dtype, spec.lora)
+    key = _model_key(spec)
     probe = _probe(*key)
     cache = _PREFIXES.setdefault(key, PrefixCache())
     return compute_batch(probe, spec, kind, items, Layout.from_dict(layout_dict), sources, size, cache)
@@ -92,14 +97,15 @@ except ImportError:  # pragma: no cover - only without the extra
 class ProbeLoader(_PluginBase):
     """A worker plugin that loads the probe once, when a worker starts (and after a restart)."""
 
-    def __init__(self, model: str, device: str, dtype: str, threads: int | None = None, lora: str | None = None):
-        self.model, self.device, self.dtype, self.threads, self.lora = model, device, dtype, threads, lora
+    def __init__(self, key: tuple, threads: int | None = None):
+        self.key, self.threads = key, threads
+        model, device, dtype, lora = key
         self.name = f"diffprobe-probe-{model}-{device}-{dtype}" + (f"-lora-{lora}" if lora else "")
 
     def setup(self, worker):  # noqa: ARG002 - dask's signature
         _quiet_worker()
         _threads(self.threads)
-        _probe(self.model, self.device, self.dtype, self.lora)
+        _probe(*self.key)
 
 
 class DaskExecutor:
@@ -107,7 +113,7 @@ class DaskExecutor:
 
     def __init__(self, client, spec, threads: int | None = 1):
         self.client, self.spec_json, self.threads = client, spec.to_json(), threads
-        client.register_plugin(ProbeLoader(spec.model, spec.device, spec.dtype, threads, spec.lora))
+        client.register_plugin(ProbeLoader(_model_key(spec), threads))
 
     def prepare(self, spec):
         return self.client.submit(_prepare_task, self.spec_json, self.threads, pure=False).result()

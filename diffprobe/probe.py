@@ -183,9 +183,9 @@ class Probe:
         height = None if height is None else checks.integer(height, "height", InterventionError, lo=8)
         width = None if width is None else checks.integer(width, "width", InterventionError, lo=8)
         steps = checks.integer(steps, "steps", InterventionError, lo=1)
-        plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
         if not isinstance(share_prefix, bool):
             raise InterventionError(f"share_prefix must be True or False; got {share_prefix!r}.")
+        plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
         return plan, run_plan(self, plan, guidance=guidance, height=height, width=width, share_prefix=share_prefix,
                               prefix_cache=prefix_cache)
 
