@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 APT_PKGS := tesseract-ocr fonts-dejavu-core chromium
 
-.PHONY: demo test install sysdeps bench train-glyph train-spell clean
+.PHONY: demo test install sysdeps bench train-glyph train-spell train-mmdit clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -66,6 +66,19 @@ train-spell: install
 	    --max-minutes $(SPELL_MINUTES) $(SPELL_ARGS); \
 	fi
 	$(PY) -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint
+
+# glyph-mmdit (docs/model-card-mmdit.md): continue runs/mmdit bit for bit, or on a new machine warm-start from the
+# shipped weights (their autoencoder is kept); then refresh the shipped weights. From scratch: see the model card.
+MMDIT_MINUTES ?= 60
+MMDIT_ARGS ?=
+MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
+train-mmdit: install
+	if [ -f runs/mmdit/ckpt.pt ]; then \
+	  $(PY) -m training.mmdit.train --out runs/mmdit --resume --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	else \
+	  $(PY) -m training.mmdit.train --out runs/mmdit --init-from $(MMDIT_WEIGHTS) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	fi
+	$(PY) -m training.mmdit.train --snapshot runs/mmdit --to $(MMDIT_WEIGHTS)
 
 clean:
 	rm -rf $(VENV) demo_out runs

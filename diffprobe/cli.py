@@ -131,7 +131,7 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 @app.command()
 @_guard
 def layers(
-    model: str = typer.Argument("glyph", help="Hub id, local pipeline folder, 'glyph', or '<name>:meta' (e.g. sdxl-base-1.0:meta)."),
+    model: str = typer.Argument("glyph", help="Hub id, local pipeline folder, 'glyph', 'glyph-mmdit', or '<name>:meta' (e.g. sdxl-base-1.0:meta)."),
     kind: Optional[str] = typer.Option(None, help="Only sites of this kind: self, cross, joint, single."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON objects instead of a table."),
 ):
@@ -159,7 +159,7 @@ def layers(
 @app.command()
 @_guard
 def count(
-    model: str = typer.Argument(..., help="Hub id, local folder, 'glyph' or '<name>:meta'."),
+    model: str = typer.Argument(..., help="Hub id, local folder, 'glyph', 'glyph-mmdit' or '<name>:meta'."),
     sites: str = typer.Option("cross:all", "--sites", help="Site spec, e.g. cross:55-57, joint:10, 'up_blocks.0.*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
@@ -190,20 +190,25 @@ def list_metrics_cmd():
 
 def _pairs(pairs_file: Optional[Path], bench: Optional[str], n: int, seed: int, model: str):
     from . import bench as benchmod
-    from .errors import SpecError
+    from .errors import SpecError, did_you_mean
 
     if pairs_file is not None:
         return benchmod.read_jsonl(pairs_file)
-    bench = bench or ("glyph" if model == "glyph" else "simple")
+    bench = bench or {"glyph": "glyph", "glyph-mmdit": "spell"}.get(model, "simple")
     if bench == "glyph":
         from .glyph_bench import glyph_pairs
 
         return glyph_pairs(n, seed)
+    if bench == "spell":
+        from .glyph_bench import spell_pairs
+
+        return spell_pairs(n, seed)
     if bench == "simple":
         return benchmod.simple_bench(n, seed=seed)
     if bench == "creative":
         return benchmod.creative_bench(n, seed=seed)
-    raise SpecError(f"--bench {bench!r} unknown; choose simple, creative or glyph (or pass --pairs FILE.jsonl).")
+    raise SpecError(f"--bench {bench!r} unknown; choose simple, creative, glyph or spell (or pass --pairs FILE.jsonl)."
+                    + did_you_mean(bench, ["simple", "creative", "glyph", "spell"]))
 
 
 def _spec_from_options(o: dict):
@@ -229,7 +234,7 @@ def sweep(
         None, help='inject | patch | ablate | scale (default inject), or a JSON template such as '
         '\'{"kind": "ablate", "mode": "empty"}\' or \'{"kind": "scale", "factor": 0}\'.'),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs."),
-    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (held-out words for glyph-mmdit)."),
     n: int = typer.Option(8, "--n", help="Number of pairs from --bench."),
     pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default 25)."),
@@ -632,7 +637,7 @@ def demo(
 def localize(
     model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs; the last --held-out are held out."),
-    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph (default glyph for glyph)."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (default: glyph for glyph, spell for glyph-mmdit)."),
     n: int = typer.Option(8, "--n", help="Sweep pairs drawn from --bench (plus --held-out more)."),
     held_out: int = typer.Option(4, "--held-out", help="Pairs kept for the confirmation only."),
     pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),

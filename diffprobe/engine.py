@@ -231,6 +231,7 @@ def _call_kwargs(probe, rows, n_steps: int, guidance, height, width, output_type
     pipe = probe.pipeline
     device = _execution_device(pipe)  # with CPU offload the weights sit on the CPU; the noise is drawn where it runs
     kwargs = probe.adapter.call_kwargs(pipe)
+    kwargs.update(probe.defaults.get("call", {}))  # a shipped model's own call settings (glyph-mmdit's T5 length)
     kwargs.update(
         num_inference_steps=n_steps, output_type=output_type,
         generator=[torch.Generator(device).manual_seed(int(r.seed)) for r in rows],

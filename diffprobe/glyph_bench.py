@@ -5,7 +5,7 @@ import numpy as np
 
 from .bench import PromptPair
 
-__all__ = ["glyph_pairs"]
+__all__ = ["glyph_pairs", "spell_pairs"]
 
 
 def glyph_pairs(n: int, seed: int = 0) -> list[PromptPair]:
@@ -18,5 +18,21 @@ def glyph_pairs(n: int, seed: int = 0) -> list[PromptPair]:
         t = int(rng.integers(len(data.TEMPLATES)))
         a, b = rng.choice(len(data.WORDS), size=2, replace=False)
         wa, wb = data.WORDS[int(a)], data.WORDS[int(b)]
+        out.append(PromptPair(data.prompt(t, wa), data.prompt(t, wb), wa, wb, seed + i))
+    return out
+
+
+def spell_pairs(n: int, seed: int = 0) -> list[PromptPair]:
+    """``n`` pairs for the open-vocabulary model ``glyph-mmdit``: one of its templates, two different words from
+    the HELD-OUT list (words the model never saw in training), no font asked for."""
+    from .zoo import spell_data as data
+
+    rng = np.random.default_rng(seed)
+    words = data.eval_heldout()
+    out = []
+    for i in range(n):
+        t = int(rng.integers(len(data.TEMPLATES)))
+        a, b = rng.choice(len(words), size=2, replace=False)
+        wa, wb = words[int(a)], words[int(b)]
         out.append(PromptPair(data.prompt(t, wa), data.prompt(t, wb), wa, wb, seed + i))
     return out

@@ -6,7 +6,8 @@
   (so ``HF_HUB_OFFLINE=1`` works), downloaded by diffusers only when online and not cached;
 - an already built ``DiffusionPipeline`` object (also the way to use a pipeline with custom code);
 - ``"<name>:meta"``: a weightless full-size denoiser from a bundled config (catalogue and counting);
-- ``"glyph"``: the embedded model diffprobe ships.
+- ``"glyph"``: the embedded model diffprobe ships (a UNet), and ``"glyph-mmdit"``, its joint-attention
+  (SD3-family) sibling that writes any word of 1-8 letters.
 
 A string is a hub id when it is a valid repo id with exactly one slash and does not start with
 ``.``, ``/`` or ``~``; dots are allowed (``black-forest-labs/FLUX.1-dev``). An existing directory
@@ -34,6 +35,8 @@ __all__ = ["load", "DEFAULT_MODEL", "is_hub_id"]
 
 #: Name of the embedded default model (trained and shipped with diffprobe).
 DEFAULT_MODEL = "glyph"
+#: Every model diffprobe ships, by name: the UNet ``glyph`` and its joint-attention sibling ``glyph-mmdit``.
+ZOO_MODELS = (DEFAULT_MODEL, "glyph-mmdit")
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _CONVERT = (
@@ -59,16 +62,23 @@ def is_hub_id(text: str) -> bool:
     return True
 
 
-def _default_model_dir() -> Path:
-    from .zoo.glyph import default_model_path
+def _zoo_model(name: str) -> tuple[Path, dict]:
+    """(folder, generation defaults) of a model diffprobe ships: ``"glyph"`` or ``"glyph-mmdit"``."""
+    if name == DEFAULT_MODEL:
+        from .zoo.glyph import HEIGHT, WIDTH, default_model_path
 
-    path = Path(default_model_path())
+        path, defaults, train = Path(default_model_path()), {"height": HEIGHT, "width": WIDTH}, "make train-glyph"
+    else:
+        from .zoo import glyph_mmdit as z
+
+        path, train = Path(z.default_model_path()), "make train-mmdit"
+        defaults = {"height": z.HEIGHT, "width": z.WIDTH, "guidance": z.GUIDANCE, "call": dict(z.CALL)}
     if not (path / "model_index.json").exists():
         raise ModelLoadError(
-            f"The embedded default model's weights are missing at {path}. Train them with "
-            "`make train-glyph` (python -m training.glyph.train) or pass another model."
+            f"The embedded model {name!r}'s weights are missing at {path}. Train them with `{train}` "
+            "or pass another model."
         )
-    return path
+    return path, defaults
 
 
 OFFLOADS = ("model", "sequential")
@@ -267,8 +277,8 @@ def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto
     Args:
         model: a hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``), a local directory written by
             ``save_pretrained``, an already built ``DiffusionPipeline``, ``"<name>:meta"`` for a
-            weightless full-size denoiser (catalogue and counting only), or ``"glyph"`` (the default)
-            for the embedded model diffprobe ships.
+            weightless full-size denoiser (catalogue and counting only), ``"glyph"`` (the default)
+            for the embedded model diffprobe ships, or ``"glyph-mmdit"``, its joint-attention sibling.
         device: ``"auto"`` (CUDA, then MPS, then the CPU), or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         dtype: ``"auto"`` (float32 on the CPU; the family's dtype on an accelerator: float16 for SD1.x,
             SDXL, IF and PixArt, bfloat16 for SD3 and FLUX), ``"float32"``, ``"float16"``, ``"bfloat16"``
@@ -294,7 +304,9 @@ def rewrap(probe):
     if getattr(pipe, "_diffprobe_offload", None) is not None:
         raise ModelLoadError("a pipeline loaded with offload= cannot be wrapped again; fine-tune without offload, "
                              "then load(model, lora=DIR, offload=...).", field="offload")
-    return Probe.from_nnsight(_nnsight_model(pipe, None, pipe.device), name=probe.name, defaults=probe.defaults)
+    new = Probe.from_nnsight(_nnsight_model(pipe, None, pipe.device), name=probe.name, defaults=probe.defaults)
+    new.prompt_check = probe.prompt_check
+    return new
 
 
 def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = None):
@@ -311,13 +323,14 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = 
             raise ModelLoadError(f"{model} has no weights to put LoRA adapters on.", field="lora")
         name = model[: -len(":meta")]
         return Probe.from_denoiser(meta_denoiser(name), name=model)
-    if isinstance(model, str) and model == DEFAULT_MODEL:
-        from .zoo.glyph import HEIGHT, WIDTH
+    if isinstance(model, str) and model in ZOO_MODELS:
+        path, defaults = _zoo_model(model)
+        probe = Probe.from_nnsight(_load_local(path, placement), name=model, defaults=defaults)
+        if model != DEFAULT_MODEL:
+            from .zoo.glyph_mmdit import check_prompt
 
-        return Probe.from_nnsight(
-            _load_local(_default_model_dir(), placement), name=DEFAULT_MODEL,
-            defaults={"height": HEIGHT, "width": WIDTH},
-        )
+            probe.prompt_check = check_prompt
+        return probe
     if isinstance(model, (str, Path)):
         text = str(model)
         if not text.strip() or "\x00" in text:
@@ -331,7 +344,7 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = 
             f"No model at {path.resolve()}: the directory does not exist, and {text!r} is not a hub id "
             f"(owner/name). Pass a folder written by save_pretrained(), a hub id such as "
             f"'stabilityai/stable-diffusion-xl-base-1.0', '{DEFAULT_MODEL}' (the embedded model) or one of "
-            f"{_meta_names()}." + did_you_mean(text, [DEFAULT_MODEL, *(k + ":meta" for k in META_CONFIGS)])
+            f"{_meta_names()}." + did_you_mean(text, [*ZOO_MODELS, *(k + ":meta" for k in META_CONFIGS)])
         )
     from diffusers import DiffusionPipeline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ class Probe:
         self.adapter = adapter
         self.model = model  # nnsight DiffusionModel, None for meta builds
         self.sites = SiteCatalogue(adapter.sites(denoiser))
+        #: a shipped model's own prompt check (``glyph-mmdit``: the quoted word must be 1-8 letters A-Z):
+        #: a function of one prompt returning what is wrong with it, or None; run before any compute
+        self.prompt_check: Callable[[str], str | None] | None = None
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -186,6 +189,9 @@ class Probe:
         if not isinstance(share_prefix, bool):
             raise InterventionError(f"share_prefix must be True or False; got {share_prefix!r}.")
         plan = make_plan(list(variants), self.sites, steps, supports_inject=self.adapter.supports_inject)
+        if self.prompt_check is not None:
+            for problem in filter(None, map(self.prompt_check, dict.fromkeys(r.prompt for r in plan.rows))):
+                raise InterventionError(problem)
         return plan, run_plan(self, plan, guidance=guidance, height=height, width=width, share_prefix=share_prefix,
                               prefix_cache=prefix_cache)
 

@@ -1,4 +1,4 @@
-"""Evaluate a spelling pipeline: generate signs for held-out and training words, read them with diffprobe's OCR.
+"""Evaluate a spelling pipeline (`spell`'s IFPipeline or `glyph-mmdit`'s SD3 pipeline): generate signs for held-out and training words, read them with diffprobe's OCR.
 
     python -m training.spell.evaluate [--model training/spell/checkpoint] [--n 16] [--samples 1]
         [--steps 25] [--guidance 4] [--font mono] [--out results.json] [--grid grid.png]
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from . import data
+from diffprobe.zoo import spell_data as data
 
 DEFAULT_MODEL = pathlib.Path("training/spell/checkpoint")
 
@@ -32,6 +32,15 @@ def load(model_dir=None):
     pipe = DiffusionPipeline.from_pretrained(str(model_dir or DEFAULT_MODEL))  # fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _call_kwargs(pipe) -> dict:
+    """The pipeline-specific settings: IF keeps prompts verbatim; glyph-mmdit (SD3) gets its one T5 token."""
+    if type(pipe).__name__.startswith("IF"):
+        return {"clean_caption": False}
+    from diffprobe.zoo.glyph_mmdit import CALL
+
+    return dict(CALL)
 
 
 def generate(pipe, prompts, seeds, steps=25, guidance=4.0, batch=16, bf16=False):
@@ -45,7 +54,7 @@ def generate(pipe, prompts, seeds, steps=25, guidance=4.0, batch=16, bf16=False)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx, torch.no_grad():
             images += pipe(prompts[i:i + batch], height=data.HEIGHT, width=data.WIDTH, num_inference_steps=steps,
-                           guidance_scale=guidance, generator=gens, clean_caption=False).images
+                           guidance_scale=guidance, generator=gens, **_call_kwargs(pipe)).images
     return images
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from . import data
+from diffprobe.zoo import spell_data as data
 
 MAX_LENGTH = 77  # IFPipeline.encode_prompt always pads/truncates to 77 tokens
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"

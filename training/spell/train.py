@@ -14,7 +14,7 @@ shapes are identical: convolutions do not care about the image width).
 
 Recipe (as training/glyph): v-prediction, cosine schedule, plain v-MSE, 10% empty prompts, AdamW, EMA, bf16
 autocast, eager mode, one thread; half of each batch's timesteps from [900, 1000) where the word is decided.
-Batches are a pure function of (seed, step) (training/spell/data.py: ``sample_batch``).
+Batches are a pure function of (seed, step) (diffprobe/zoo/spell_data.py: ``sample_batch``).
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ import torch.nn.functional as F
 
 from training.glyph.train import EMA, x0_from_v  # the same EMA and v -> x0 as glyph's
 
-from . import data, model
+from diffprobe.zoo import spell_data as data
+
+from . import model
 
 
 def parse_args(argv=None):

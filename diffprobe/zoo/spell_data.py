@@ -1,4 +1,5 @@
-"""Data for the spelling model (`spell`): templates, fonts, word lists, held-out splits and a PIL renderer.
+"""Data of the open-vocabulary models (`spell`, `glyph-mmdit`): templates, fonts, word lists, held-out splits and
+a PIL renderer.
 
 Everything is rendered locally and deterministically from the three DejaVu bold faces of Debian's
 ``fonts-dejavu-core``. A *sample* is (template, font, word, jitter); the jitter (template colours, text colour,

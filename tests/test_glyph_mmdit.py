@@ -1,0 +1,131 @@
+"""Fast tests of the embedded joint-attention model `glyph-mmdit` (diffprobe.zoo.glyph_mmdit, training/mmdit):
+tokenizer, prompt check, the shipped pipeline (stock SD3, loads by name), its catalogue, and OCR quality."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from diffprobe.zoo import glyph_mmdit, spell_data
+
+WEIGHTS = glyph_mmdit.default_model_path()
+HAVE_WEIGHTS = (WEIGHTS / "model_index.json").exists()
+HAVE_TESSERACT = shutil.which("tesseract") is not None
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"glyph-mmdit weights absent at {WEIGHTS} (make train-mmdit)")
+needs_tesseract = pytest.mark.skipif(not HAVE_TESSERACT, reason="tesseract not installed (make install)")
+
+
+def test_tokenizer_gives_one_token_per_letter_and_position():
+    from training.mmdit import model
+
+    tok = model.build_tokenizer()
+
+    def tokens(prompt):
+        ids = model.tokenize(tok, [prompt])[0]
+        return tok.convert_ids_to_tokens(ids[ids != 0].tolist())
+
+    assert tokens('a red sign that says "Stop"') == ["a", "red", "sign", "that", "says", "s1", "t2", "o3", "p4",
+                                                    "#end", "</s>"]
+    assert tokens('a red sign that says "stop"') == tokens('A RED SIGN THAT SAYS "STOP"')
+    long = tokens('a teal screen in mono letters that says "abcdefghij"')
+    assert long[-10:] == ["a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8", "#end", "</s>"]  # letters 9+ dropped
+    assert tokens('a red sign that says "A"')[-3:] == ["a1", "#end", "</s>"]  # the letter A is not the word "a"
+    assert model.UNK not in tokens(spell_data.prompt(6, "QUIZ", "serif"))
+
+
+def test_check_prompt_names_what_the_model_cannot_write():
+    assert glyph_mmdit.check_prompt('a red sign that says "Hello"') is None
+    msg = glyph_mmdit.check_prompt('a red sign that says "R2D2"')
+    assert "'2'" in msg and "1-8 letters A-Z" in msg and "HELLO" in msg
+    assert "9 letters" in glyph_mmdit.check_prompt('a red sign that says "ABCDEFGHI"')
+    assert "0 letters" in glyph_mmdit.check_prompt('a red sign that says ""')
+
+
+def test_spell_bench_uses_held_out_words_and_is_the_default_for_glyph_mmdit():
+    from diffprobe.cli import _pairs
+    from diffprobe.errors import SpecError
+    from diffprobe.glyph_bench import spell_pairs
+
+    pairs = spell_pairs(6, seed=3)
+    assert pairs == spell_pairs(6, seed=3)
+    held = set(spell_data.held_out_words())
+    for p in pairs:
+        assert p.source_text != p.target_text and {p.source_text, p.target_text} <= held
+        assert glyph_mmdit.check_prompt(p.source) is None and glyph_mmdit.check_prompt(p.target) is None
+    assert [p.to_dict() for p in _pairs(None, None, 6, 3, "glyph-mmdit")] == [p.to_dict() for p in pairs]
+    with pytest.raises(SpecError, match="did you mean 'spell'"):
+        _pairs(None, "spel", 2, 0, "glyph-mmdit")
+
+
+@needs_weights
+def test_shipped_folder_is_a_stock_sd3_pipeline_and_encodes_as_in_training():
+    """The pipeline's own prompt encoding (max_sequence_length=1) equals the trainer's, bit for bit."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from training.mmdit import model
+
+    pipe = DiffusionPipeline.from_pretrained(str(WEIGHTS))
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
+    assert type(pipe.transformer).__name__ == "SD3Transformer2DModel"
+    prompts = [spell_data.prompt(0, "STOP"), spell_data.prompt(11, "quiz", "mono")]
+    with torch.no_grad():
+        e, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False,
+                                             max_sequence_length=glyph_mmdit.CALL["max_sequence_length"])
+        e2, pooled2 = model.encode(pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3,
+                                   model.tokenize(pipe.tokenizer, prompts))
+    assert torch.equal(e, e2) and torch.equal(pooled, pooled2)
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size <= 25e6
+
+
+@needs_weights
+def test_loads_by_name_with_joint_sites_and_its_defaults():
+    import diffprobe as dp
+
+    probe = dp.load("glyph-mmdit")
+    assert probe.adapter.family == "sd3"
+    names = [s.label for s in probe.sites.parse("joint:all")]
+    assert len(names) == 8
+    assert probe.defaults["height"] == 32 and probe.defaults["width"] == 128
+    assert probe.defaults["call"] == {"max_sequence_length": 1}
+    with pytest.raises(dp.InterventionError, match="cannot write '3'"):
+        probe.generate('a red sign that says "B3"', steps=2)
+
+
+@needs_weights
+def test_identity_patch_of_a_joint_block_changes_nothing_and_a_real_one_does():
+    """Patch(source=the row's own prompt) at joint:4 leaves the image as it was (up to the rounding of batched
+    kernels, 1/255: tests/test_engine.py proves the bit-exact K/V copy on every architecture); a patch from
+    another word at every joint block changes it."""
+    import diffprobe as dp
+    from diffprobe import Patch, Variant
+
+    probe = dp.load("glyph-mmdit")
+    cat, dog = spell_data.prompt(0, "CAT"), spell_data.prompt(0, "DOG")
+    clean = probe.run([Variant(cat), Variant(dog)], steps=3).images
+    same = probe.run([Variant(cat), Variant(dog, (Patch(source=dog, sites="joint:4"),))], steps=3).images
+    other = probe.run([Variant(cat), Variant(dog, (Patch(source=cat, sites="joint:all"),))], steps=3).images
+    assert np.abs(same.astype(int) - clean.astype(int)).max() <= 1
+    assert np.abs(other[1].astype(int) - clean[1].astype(int)).max() > 8
+
+
+@needs_weights
+@needs_tesseract
+def test_generations_read_correctly_on_held_out_words():
+    """A few never-trained words, generated through diffprobe and read by diffprobe's OCR."""
+    import diffprobe as dp
+    from diffprobe.metrics import read_texts
+
+    probe = dp.load("glyph-mmdit")
+    words = list(spell_data.eval_heldout()[:MIN_SMOKE_WORDS])
+    prompts = [spell_data.prompt(i % len(spell_data.TEMPLATES), w) for i, w in enumerate(words)]
+    images = probe.generate(prompts, steps=25, seed=0).images
+    texts = read_texts(images, workers=1)
+    exact = np.mean([t.upper() == w for t, w in zip(texts, words)])
+    assert exact >= SMOKE_EXACT, list(zip(words, texts))
+
+
+MIN_SMOKE_WORDS = 8
+SMOKE_EXACT = 0.5  # the model card's bar for held-out words

@@ -1,0 +1,336 @@
+"""Train `glyph-mmdit` (training/mmdit/model.py) on the CPU, in two stages, on `spell`'s data (diffprobe/zoo/spell_data.py).
+
+    python -m training.mmdit.train --stage vae --out runs/mmdit            # the autoencoder (minutes)
+    python -m training.mmdit.train --stage dit --out runs/mmdit [--resume]  # text encoders + transformer
+    python -m training.mmdit.train --out runs/mmdit --init-from diffprobe/zoo/glyph_mmdit/weights  # new machine
+    python -m training.mmdit.train --snapshot runs/mmdit --to diffprobe/zoo/glyph_mmdit/weights
+
+Stage ``vae``: MSE reconstruction of rendered signs (+1e-6 KL), then the latent shift/scale are measured on
+held batches and written into the autoencoder's config (as SD3's ``shift_factor`` / ``scaling_factor``).
+Stage ``dit``: rectified flow as SD3 (x_t = (1-s) x0 + s noise, target noise - x0, timestep 1000 s); half of
+each batch's noise levels from [0.9, 1] (the word is decided at high noise: GLYPH-NOTES), the other half from
+SD3's shifted uniform; 10% empty prompts; AdamW, EMA, grad clip 1. The autoencoder is frozen.
+--out gets ``ckpt.pt`` (atomic, full state: --resume continues bit for bit), ``loss.csv``, ``probe.csv``,
+``train.json`` and ``pipeline/`` (the EMA weights as a stock StableDiffusion3Pipeline folder, refreshed at every
+checkpoint). Batches are a pure function of (seed, step).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+
+from diffprobe.zoo import spell_data as data
+from training.glyph.train import EMA
+from training.spell.train import Prober, lr_factor, snapshot
+
+from . import model
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=("vae", "dit"), default="dit")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/mmdit"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100000, help="total steps (the lr decays over the last 20%%)")
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-from", type=float, default=0.8)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--cfg-drop", type=float, default=0.1)
+    p.add_argument("--noisy-frac", type=float, default=0.5)
+    p.add_argument("--noisy-from", type=float, default=0.9)
+    p.add_argument("--random-frac", type=float, default=0.25)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--probe-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", type=pathlib.Path, default=None, help="warm-start from a pipeline folder")
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--snapshot", type=pathlib.Path, default=None)
+    p.add_argument("--to", type=pathlib.Path, default=pathlib.Path("diffprobe/zoo/glyph_mmdit/weights"))
+    return p.parse_args(argv)
+
+
+def _atomic_dir(write, path: pathlib.Path):
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ------------------------------------------------------------------------------------------------ stage vae
+def train_vae(args):
+    torch.manual_seed(args.seed)
+    vae = model.build_vae().to(args.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    log = open(args.out / "vae_loss.csv", "w")
+    t0 = time.time()
+    for step in range(args.vae_steps):
+        images, _, _ = data.sample_batch(args.seed + 17, step, args.batch, args.random_frac)
+        x = data.to_tensor(images).to(args.device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.mean).sample
+        mse = F.mse_loss(rec, x)
+        loss = mse + 1e-6 * post.kl().mean()
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * min(1.0, (step + 1) / 50) * (0.1 if step > 0.8 * args.vae_steps else 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.write(f"{step + 1},{mse.item():.6f}\n")
+        if (step + 1) % 50 == 0:
+            log.flush()
+            print(f"vae step {step + 1} mse {mse.item():.5f} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    vae.eval()
+    with torch.no_grad():
+        zs, err = [], []
+        for i in range(8):
+            images, _, _ = data.sample_batch(args.seed + 99, i, 32, args.random_frac)
+            x = data.to_tensor(images).to(args.device)
+            z = vae.encode(x).latent_dist.mean
+            zs.append(z)
+            err.append((vae.decode(z).sample.clamp(-1, 1) - x).abs().max().item() * 127.5)
+        z = torch.cat(zs)
+    shift, scale = float(z.mean()), float(1.0 / z.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    vae.save_pretrained(args.out / "vae", safe_serialization=True)
+    (args.out / "vae.json").write_text(json.dumps(dict(steps=args.vae_steps, final_mse=mse.item(), shift=shift,
+                                                       scale=scale, max_abs_err_255=max(err),
+                                                       minutes=(time.time() - t0) / 60), indent=1))
+    print(f"vae: shift {shift:.4f} scale {scale:.4f}, max reconstruction error {max(err):.1f}/255", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ stage dit
+class MMDiTProber(Prober):
+    """spell's probe (letter / word accuracy of the x0 prediction at the noisiest level) for the MMDiT."""
+
+    @torch.no_grad()
+    def measure(self, tr, te1, te2, t5, tok, vae):
+        for m in (tr, te1, te2):
+            m.eval()
+        g = torch.Generator().manual_seed(4321)
+        noise = torch.randn(len(self.items), 4, data.HEIGHT, data.WIDTH, generator=g)
+
+        def x0(prompts, z):
+            e, p = model.encode(te1, te2, t5, model.tokenize(tok, prompts))
+            t = torch.full((len(prompts),), 1000.0)
+            v = tr(hidden_states=z, encoder_hidden_states=e, pooled_projections=p, timestep=t).sample
+            lat = z - v  # sigma = 1: x0 = x1 - v
+            return vae.decode(lat / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1)
+
+        self._x0 = x0
+        xs = torch.cat([x0(self.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
+        return self.score(xs, noise)
+
+    def score(self, xs, noise):
+        out = {}
+        for split in ("heldout", "train"):
+            nn, let, nlet, n = 0, 0, 0, 0
+            for i, (t, w, s) in enumerate(self.items):
+                if s != split:
+                    continue
+                n += 1
+                nn += int(((self.refs[t] - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == i
+                for vs, true in self.variants[i]:
+                    let += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
+                    nlet += 1
+            out[f"nn_acc_{split}"], out[f"letter_acc_{split}"] = nn / n, let / nlet
+        t0, w0, _ = self.items[0]
+        ps = [data.prompt(t0, w, "mono") for w in (w0, "OPEN", "FISH", "HELLO")]
+        ps.append(data.prompt((t0 + 3) % len(data.TEMPLATES), w0, "mono"))
+        xe = self._x0(ps, noise[:1].expand(len(ps), -1, -1, -1))
+        out["word_effect"] = float(sum((xe[0] - xe[i]).abs().mean() for i in range(1, 4)) / 3)
+        out["template_effect"] = float((xe[0] - xe[4]).abs().mean())
+        return out
+
+
+def export_pipeline(tr, te1, te2, t5, vae, tok, ema, path, state):
+    t2, a2, b2 = copy.deepcopy(tr).cpu(), copy.deepcopy(te1).cpu(), copy.deepcopy(te2).cpu()
+    ema.copy_to([t2, a2, b2])
+    t2.to(torch.float16)  # the transformer ships in fp16 (9.4 MB instead of 18.7); it loads in any dtype
+    pipe = model.assemble_pipeline(t2, copy.deepcopy(vae).cpu(), a2, b2, copy.deepcopy(t5).cpu(), tok)
+
+    def write(tmp):
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "train_state.json").write_text(json.dumps(state, indent=1, default=str))
+
+    _atomic_dir(write, pathlib.Path(path))
+
+
+def load_from(folder: pathlib.Path, tr, te1, te2, t5):
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    t5.load_state_dict(T5EncoderModel.from_pretrained(folder / "text_encoder_3").state_dict())
+
+    tr.load_state_dict(SD3Transformer2DModel.from_pretrained(folder / "transformer").state_dict())
+    te1.load_state_dict(CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder").state_dict())
+    te2.load_state_dict(CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").state_dict())
+
+
+def sigmas(n, gen, args):
+    """Noise levels: SD3's shifted uniform, half of them from [noisy_from, 1]."""
+    u = torch.rand(n, generator=gen)
+    s = model.SHIFT * u / (1 + (model.SHIFT - 1) * u)
+    noisy = torch.rand(n, generator=gen) < args.noisy_frac
+    hi = args.noisy_from + (1 - args.noisy_from) * torch.rand(n, generator=gen)
+    return torch.where(noisy, hi, s)
+
+
+def train_dit(args):
+    from diffusers import AutoencoderKL
+
+    dev = torch.device(args.device)
+    out = args.out
+    torch.manual_seed(args.seed)
+    tok = model.build_tokenizer()
+    te1, te2 = model.build_text_encoder(len(tok), args.seed), model.build_text_encoder(len(tok), args.seed + 1)
+    t5 = model.build_t5(len(tok), args.seed + 3)
+    torch.manual_seed(args.seed + 2)
+    tr = model.build_transformer()
+    step, wall, start_step, origin = 0, 0.0, 0, "scratch"
+    ckpt_path = out / "ckpt.pt"
+    resuming = args.resume and ckpt_path.exists()
+    vae_dir = out / "vae" if (out / "vae").exists() else out / "pipeline" / "vae"  # stage vae's, or a warm start's
+    if not resuming and args.init_from is not None:
+        load_from(args.init_from, tr, te1, te2, t5)
+        st = json.loads((args.init_from / "train_state.json").read_text())
+        step = start_step = int(st["step"])
+        wall = float(st.get("wall_seconds", 0.0))
+        origin = f"init-from {args.init_from} (step {step})"
+        vae_dir = args.init_from / "vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval().requires_grad_(False)
+    for m in (tr, te1, te2, t5):
+        m.to(dev)
+    mods = [tr, te1, te2]
+    params = [p for m in mods for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = EMA(mods, args.ema)
+    gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
+    if resuming:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        for m, k in zip(mods + [t5], ("tr", "te1", "te2", "t5")):
+            m.load_state_dict(ck[k])
+        opt.load_state_dict(ck["opt"])
+        ema.shadow = [[s.to(dev) for s in sh] for sh in ck["ema"]]
+        gen.set_state(ck["gen"])
+        step, wall, start_step, origin = ck["step"], ck["wall"], ck["start_step"], ck["origin"]
+        for f in ("loss.csv", "probe.csv"):  # rows logged after the checkpoint are dropped
+            fp = out / f
+            if fp.exists():
+                lines = fp.read_text().splitlines(keepends=True)
+                fp.write_text("".join(ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step))
+        print(f"resumed from step {step}", flush=True)
+    elif args.init_from is None:
+        for f in ("loss.csv", "probe.csv"):
+            (out / f).unlink(missing_ok=True)
+    sc, sh = vae.config.scaling_factor, vae.config.shift_factor
+    ids_null = model.tokenize(tok, [""])
+    recipe = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
+    recipe.update(origin=origin, transformer_params=model.count_params(tr),
+                  text_params=model.count_params(te1) + model.count_params(te2), vae_params=model.count_params(vae),
+                  transformer_config=model.TRANSFORMER_CONFIG, clip_config=model.CLIP_CONFIG, call=model.CALL)
+    prober = MMDiTProber()
+    shadow = [copy.deepcopy(m) for m in mods]
+    last_probe: dict = {}
+
+    def save():
+        ck = {"tr": tr.state_dict(), "te1": te1.state_dict(), "te2": te2.state_dict(), "t5": t5.state_dict(), "opt": opt.state_dict(),
+              "ema": ema.shadow, "gen": gen.get_state(), "step": step, "wall": wall, "start_step": start_step,
+              "origin": origin}
+        torch.save(ck, str(ckpt_path) + ".tmp")
+        os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        state = dict(step=step, wall_seconds=round(wall, 1), seed=args.seed, batch=args.batch, origin=origin,
+                     probe=last_probe, saved=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), recipe=recipe)
+        export_pipeline(tr, te1, te2, t5, vae, tok, ema, out / "pipeline", state)
+        (out / "train.json").write_text(json.dumps(state, indent=1, default=str))
+
+    loss_f = open(out / "loss.csv", "a", newline="")
+    lw = csv.writer(loss_f)
+    if loss_f.tell() == 0:
+        lw.writerow(["step", "loss", "lr", "wall_s"])
+    probe_f = open(out / "probe.csv", "a", newline="")
+    pw = None
+    t_start = time.time()
+    print(f"training from step {step} ({origin}); transformer {recipe['transformer_params']:,}", flush=True)
+    while step < args.steps:
+        t0 = time.time()
+        for m in mods:
+            m.train()
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_factor(step, args, start_step)
+        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+        ids = model.tokenize(tok, prompts)
+        drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
+        ids[drop] = ids_null[0]
+        s = sigmas(args.batch, gen, args).to(dev).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            x0 = (vae.encode(data.to_tensor(images).to(dev)).latent_dist.mean - sh) * sc
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        xt = (1 - s) * x0 + s * noise
+        e, p = model.encode(te1, te2, t5, ids.to(dev))
+        pred = tr(hidden_states=xt, encoder_hidden_states=e, pooled_projections=p, timestep=s.flatten() * 1000).sample
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(mods, step)
+        step += 1
+        wall += time.time() - t0
+        lw.writerow([step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{wall:.1f}"])
+        if step % 25 == 0:
+            loss_f.flush()
+            print(f"step {step} loss {loss.item():.4f} wall {wall / 60:.1f} min", flush=True)
+        stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
+        if step % args.probe_every == 0 or step == args.steps or stop:
+            ema.copy_to(shadow)
+            pr = prober.measure(*shadow, t5, tok, vae)
+            last_probe = pr = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in pr.items()}}
+            if pw is None:
+                pw = csv.DictWriter(probe_f, fieldnames=list(pr))
+                if probe_f.tell() == 0:
+                    pw.writeheader()
+            pw.writerow(pr)
+            probe_f.flush()
+            print(json.dumps(pr), flush=True)
+        if step % args.ckpt_every == 0 or step == args.steps or stop:
+            loss_f.flush()
+            save()
+        if stop:
+            break
+    print(f"done: {step} steps, {wall / 60:.1f} min", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.snapshot is not None:
+        snapshot(args.snapshot, args.to)
+        return
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (train_vae if args.stage == "vae" else train_dit)(args)
+
+
+if __name__ == "__main__":
+    main()
