@@ -34,6 +34,16 @@ def test_tokenizer_gives_one_token_per_letter_and_position():
     assert model.UNK not in tokens(spell_data.prompt(6, "QUIZ", "serif"))
 
 
+def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch():
+    assert spell_data.all_words() == spell_data.build_word_list()
+    held = set(spell_data.held_out_words())
+    assert len(held) > 500 and set(spell_data.eval_heldout()) <= held
+    for step in range(5):
+        _, prompts, samples = spell_data.sample_batch(0, step, 32)
+        assert not {s.word for s in samples} & held
+        assert not {(s.template, s.font) for s in samples} & spell_data.HELD_OUT_COMBOS
+
+
 def test_check_prompt_names_what_the_model_cannot_write():
     assert glyph_mmdit.check_prompt('a red sign that says "Hello"') is None
     msg = glyph_mmdit.check_prompt('a red sign that says "R2D2"')
@@ -52,9 +62,9 @@ def test_spell_bench_uses_held_out_words_and_is_the_default_for_glyph_mmdit():
     held = set(spell_data.held_out_words())
     for p in pairs:
         assert p.source_text != p.target_text and {p.source_text, p.target_text} <= held
-        assert glyph_mmdit.check_prompt(p.source) is None and glyph_mmdit.check_prompt(p.target) is None
+        assert glyph_mmdit.check_prompt(p.source_prompt) is None and glyph_mmdit.check_prompt(p.target_prompt) is None
     assert [p.to_dict() for p in _pairs(None, None, 6, 3, "glyph-mmdit")] == [p.to_dict() for p in pairs]
-    with pytest.raises(SpecError, match="did you mean 'spell'"):
+    with pytest.raises(SpecError, match="Did you mean 'spell'"):
         _pairs(None, "spel", 2, 0, "glyph-mmdit")
 
 

@@ -6,7 +6,7 @@ Everything is rendered locally and deterministically from the three DejaVu bold 
 text position and size) is drawn from a numpy Generator, so a batch is a pure function of (seed, step).
 
 Splits
-- words: ``wordfreq.top_n_list('en', 20000)``, alphabetic ASCII, 1-8 letters, upper-cased, deduplicated.
+- words: ``spell_words.txt`` = ``wordfreq.top_n_list('en', 20000)``, alphabetic ASCII, 1-8 letters, upper-cased, deduplicated.
   A word is HELD OUT when ``crc32(word) % 20 == 7`` (~5%); held-out words are never rendered for training,
   neither as list words nor as random letter strings. ``EVAL_HELDOUT`` / ``EVAL_TRAIN`` are fixed lists of
   frequent 3-8 letter words used by the probe and the evaluation.
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
 import zlib
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 HEIGHT = 32
 WIDTH = 128
 MAX_LETTERS = 8
-FONT_DIR = "/usr/share/fonts/truetype/dejavu"
+FONT_DIR = os.environ.get("DIFFPROBE_FONT_DIR", "/usr/share/fonts/truetype/dejavu")  # Debian fonts-dejavu-core
 FONTS = {  # name used in prompts -> file
     "sans": "DejaVuSans-Bold.ttf",
     "serif": "DejaVuSerif-Bold.ttf",
@@ -91,8 +93,18 @@ def is_held_out_word(word: str) -> bool:
     return zlib.crc32(word.upper().encode()) % 20 == 7
 
 
+WORDS_FILE = pathlib.Path(__file__).resolve().parent / "spell_words.txt"
+
+
 @functools.lru_cache(maxsize=None)
-def all_words(n: int = 20000) -> tuple[str, ...]:
+def all_words() -> tuple[str, ...]:
+    """The word list, shipped as ``spell_words.txt`` so the splits never drift with wordfreq's data (and training
+    needs no wordfreq): see :func:`build_word_list`."""
+    return tuple(WORDS_FILE.read_text().split())
+
+
+def build_word_list(n: int = 20000) -> tuple[str, ...]:
+    """How ``spell_words.txt`` was made (wordfreq 3.1): the top ``n`` English words, ASCII letters, 1-8 long."""
     import wordfreq
 
     seen: dict[str, None] = {}
