@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--probe-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init-from", type=pathlib.Path, default=None, help="warm-start from a pipeline folder")
     p.add_argument("--max-minutes", type=float, default=None)
@@ -121,6 +123,35 @@ def train_vae(args):
 
 
 # ------------------------------------------------------------------------------------------------ stage dit
+class _Batches(torch.utils.data.Dataset):
+    """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts), for a DataLoader's workers."""
+
+    def __init__(self, seed, n, random_frac):
+        self.seed, self.n, self.random_frac = seed, n, random_frac
+
+    def __len__(self):
+        return 10 ** 9
+
+    def __getitem__(self, step):
+        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac)
+        return data.to_tensor(images), prompts
+
+
+def batches(args, start):
+    """(step, pixels, prompts) from ``start`` on: rendered here, or ahead in ``args.workers`` processes."""
+    if not args.workers:
+        step = start
+        while True:
+            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+            yield step, data.to_tensor(images), prompts
+            step += 1
+    loader = torch.utils.data.DataLoader(
+        _Batches(args.seed, args.batch, args.random_frac), batch_size=None, num_workers=args.workers,
+        sampler=range(start, 10 ** 9), prefetch_factor=4, persistent_workers=True)
+    for step, (x, prompts) in enumerate(loader, start):
+        yield step, x, list(prompts)
+
+
 class MMDiTProber(Prober):
     """spell's probe (letter / word accuracy of the x0 prediction at the noisiest level) for the MMDiT."""
 
@@ -130,13 +161,15 @@ class MMDiTProber(Prober):
             m.eval()
         g = torch.Generator().manual_seed(4321)
         noise = torch.randn(len(self.items), 4, data.HEIGHT, data.WIDTH, generator=g)
+        dev = next(tr.parameters()).device
 
         def x0(prompts, z):
-            e, p = model.encode(te1, te2, t5, model.tokenize(tok, prompts))
-            t = torch.full((len(prompts),), 1000.0)
+            z = z.to(dev)
+            e, p = model.encode(te1, te2, t5, model.tokenize(tok, prompts).to(dev))
+            t = torch.full((len(prompts),), 1000.0, device=dev)
             v = tr(hidden_states=z, encoder_hidden_states=e, pooled_projections=p, timestep=t).sample
             lat = z - v  # sigma = 1: x0 = x1 - v
-            return vae.decode(lat / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1)
+            return vae.decode(lat / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1).cpu()
 
         self._x0 = x0
         xs = torch.cat([x0(self.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
@@ -273,19 +306,21 @@ def train_dit(args):
     pw = None
     t_start = time.time()
     print(f"training from step {step} ({origin}); transformer {recipe['transformer_params']:,}", flush=True)
+    stream = batches(args, step)
     while step < args.steps:
         t0 = time.time()
         for m in mods:
             m.train()
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args, start_step)
-        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+        at, pixels, prompts = next(stream)
+        assert at == step
         ids = model.tokenize(tok, prompts)
         drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
         ids[drop] = ids_null[0]
         s = sigmas(args.batch, gen, args).to(dev).view(-1, 1, 1, 1)
         with torch.no_grad():
-            x0 = (vae.encode(data.to_tensor(images).to(dev)).latent_dist.mean - sh) * sc
+            x0 = (vae.encode(pixels.to(dev)).latent_dist.mean - sh) * sc
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         xt = (1 - s) * x0 + s * noise
         e, p = model.encode(te1, te2, t5, ids.to(dev))
@@ -328,6 +363,7 @@ def main(argv=None):
         snapshot(args.snapshot, args.to)
         return
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # GPU only; the CPU ignores it
     args.out.mkdir(parents=True, exist_ok=True)
     (train_vae if args.stage == "vae" else train_dit)(args)
 
