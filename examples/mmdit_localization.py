@@ -8,7 +8,7 @@
    model never saw in training (``spell_pairs(N, seed=1)``: same template, another held-out word).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
 3. Layer-count trade-off: the top 1, 2, 3, 5 and all blocks together.
-Scores as docs/science.md: OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
+Scores as docs/science.md, plus "moved to target" from the pixels alone (see ``moved``): OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
 source image, with 95% intervals over pairs. Resumable: rerun the same command after an interruption.
 """
 from __future__ import annotations
@@ -17,12 +17,23 @@ import argparse
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 import diffprobe as dp
 from diffprobe.experiments import Experiment, count_follow_up, run
 from diffprobe.glyph_bench import spell_pairs
 from diffprobe.results import share_baselines
 from diffprobe.zoo import glyph_mmdit
 from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, fmt, misreads, summaries
+
+
+def moved(ds) -> np.ndarray:
+    """(pair, site): how far each patched image moved from the source image to the target image, from pixels
+    alone (no OCR): ``1 - MSE(patched, target) / MSE(source, target)``; 0 = unchanged, 1 = the target image."""
+    patched = ds.patched_image.isel(t_start=0, seed=0).transpose("pair", "site", ...).values.astype(float)
+    source = ds.source_image.isel(seed=0).values.astype(float)[:, None]
+    target = ds.target_image.isel(seed=0).values.astype(float)[:, None]
+    return 1 - ((patched - target) ** 2).mean((2, 3, 4)) / ((source - target) ** 2).mean((2, 3, 4))
 
 
 def main() -> None:
@@ -61,9 +72,10 @@ def main() -> None:
               f"to target {baseline(ds, 'source', 'ocr_f1_target'):.2f}; unpatched target images: OCR F1 to target "
               f"{baseline(ds, 'target', 'ocr_f1_target'):.2f} (paper set F1 {baseline_paper_f1(ds):.2f}), exact "
               f"{baseline(ds, 'target', 'exact_target'):.2f}, right length {baseline(ds, 'target', 'length_match_target'):.2f}.", ""]
-    lines += ["### Layer sweep (t_s = 0)", "", f"| site | module | {HEAD} |", "|---" * 9 + "|"]
+    mv = moved(ds)
+    lines += ["### Layer sweep (t_s = 0)", "", f"| site | module | moved to target | {HEAD} |", "|---" * 10 + "|"]
     for i in range(ds.sizes["site"]):
-        lines.append(f"| {ds.site_label.values[i]} | `{ds.site_name.values[i]}` | "
+        lines.append(f"| {ds.site_label.values[i]} | `{ds.site_name.values[i]}` | {mv[:, i].mean():.2f} ± {mv[:, i].std():.2f} | "
                      + " | ".join(fmt(ci, n, i, 0) for n in NAMES) + " |")
     if dt is not None:
         ct = summaries(dt)

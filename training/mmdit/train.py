@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--probe-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--zero-pooled", action="store_true",
+                   help="zero and freeze both CLIPs' text_projection: the pooled prompt (SD3's adaLN input) becomes a "
+                        "constant, so the prompt reaches the image only through joint attention")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
@@ -221,6 +224,20 @@ def load_from(folder: pathlib.Path, tr, te1, te2, t5):
     te2.load_state_dict(CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").state_dict())
 
 
+@torch.no_grad()
+def zero_pooled(te1, te2, ema):
+    """Both CLIPs' ``text_projection`` (and their EMA copies) to zero, frozen: the pooled embedding that SD3 adds
+    to the timestep embedding (adaLN modulation of every block) no longer depends on the prompt. Without this
+    the model sends the template, and what it knows of the word, through that one global vector, where the
+    paper's patching (which keeps the source's pooled embedding) cannot see it."""
+    for k, te in enumerate((te1, te2), start=1):
+        for i, (name, p) in enumerate(te.named_parameters()):
+            if name == "text_projection.weight":
+                p.zero_()
+                p.requires_grad_(False)
+                ema.shadow[k][i].zero_()
+
+
 def sigmas(n, gen, args):
     """Noise levels: SD3's shifted uniform, half of them from [noisy_from, 1]."""
     u = torch.rand(n, generator=gen)
@@ -277,6 +294,8 @@ def train_dit(args):
     elif args.init_from is None:
         for f in ("loss.csv", "probe.csv"):
             (out / f).unlink(missing_ok=True)
+    if args.zero_pooled:
+        zero_pooled(te1, te2, ema)
     sc, sh = vae.config.scaling_factor, vae.config.shift_factor
     ids_null = model.tokenize(tok, [""])
     recipe = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
