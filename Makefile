@@ -74,9 +74,9 @@ MMDIT_ARGS ?=
 MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
 train-mmdit: install
 	if [ -f runs/mmdit/ckpt.pt ]; then \
-	  $(PY) -m training.mmdit.train --out runs/mmdit --resume --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out runs/mmdit --resume --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	else \
-	  $(PY) -m training.mmdit.train --out runs/mmdit --init-from $(MMDIT_WEIGHTS) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out runs/mmdit --init-from $(MMDIT_WEIGHTS) --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	fi
 	$(PY) -m training.mmdit.train --snapshot runs/mmdit --to $(MMDIT_WEIGHTS)
 

@@ -86,6 +86,7 @@ def test_shipped_folder_is_a_stock_sd3_pipeline_and_encodes_as_in_training():
         e2, pooled2 = model.encode(pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3,
                                    model.tokenize(pipe.tokenizer, prompts))
     assert torch.equal(e, e2) and torch.equal(pooled, pooled2)
+    assert not pooled.any()  # the pooled path is silent (--zero-pooled): the prompt acts through joint attention only
     size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
     assert size <= 25e6
 

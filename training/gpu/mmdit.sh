@@ -6,7 +6,7 @@ set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD DIFFPROBE_FONT_DIR=$PWD/.gpu/fonts PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -m training.mmdit.train --out /tmp/run --init-from diffprobe/zoo/glyph_mmdit/weights --device cuda \
+python3 -m training.mmdit.train --out /tmp/run --init-from diffprobe/zoo/glyph_mmdit/weights --zero-pooled --device cuda \
   --batch "${BATCH:-256}" --lr "${LR:-4e-4}" --workers 12 --threads 4 --steps "${STEPS:-200000}" \
   --probe-every 500 --ckpt-every 500 --max-minutes "${MINUTES:-8}" 2>&1 | grep -v Warning | tee /tmp/run.log | tail -40
 cp /tmp/run.log /tmp/run/train.log

@@ -12,6 +12,8 @@ any word of 1-8 letters, assembled into a STOCK diffusers ``StableDiffusion3Pipe
   one-layer T5 encoder (frozen, random) in T5's place: called with ``max_sequence_length=1`` (CALL) it sees only
   ``</s>`` and adds one constant context token. It is there so the folder loads as a stock SD3 pipeline
   (``StableDiffusion3Pipeline`` does not load without a ``text_encoder_3`` entry).
+- The pooled prompt embedding (SD3's adaLN input) is silenced in the shipped model: both CLIPs'
+  ``text_projection`` are zero (``train.py --zero-pooled``), so the prompt acts only through joint attention.
 - A small ``AutoencoderKL`` without down-sampling (one block, 4 latent channels): SD3's pipeline needs an
   autoencoder; at 32x128 pixels none is needed for speed, so this one only maps pixels <-> 4 channels.
 - ``SD3Transformer2DModel``: patch 4 -> 8x32 image tokens (4x4 pixels each), 8 joint blocks, width 128.

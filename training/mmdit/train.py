@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import pathlib
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from diffprobe.zoo import spell_data as data
+from training import runlog
 from training.glyph.train import EMA
 from training.spell.train import Prober, lr_factor, snapshot
 
@@ -285,15 +285,10 @@ def train_dit(args):
         ema.shadow = [[s.to(dev) for s in sh] for sh in ck["ema"]]
         gen.set_state(ck["gen"])
         step, wall, start_step, origin = ck["step"], ck["wall"], ck["start_step"], ck["origin"]
-        for f in ("loss.csv", "probe.csv"):  # rows logged after the checkpoint are dropped
-            fp = out / f
-            if fp.exists():
-                lines = fp.read_text().splitlines(keepends=True)
-                fp.write_text("".join(ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step))
+        runlog.trim_after(out, step)
         print(f"resumed from step {step}", flush=True)
     elif args.init_from is None:
-        for f in ("loss.csv", "probe.csv"):
-            (out / f).unlink(missing_ok=True)
+        runlog.clear(out)
     if args.zero_pooled:
         zero_pooled(te1, te2, ema)
     sc, sh = vae.config.scaling_factor, vae.config.shift_factor
@@ -317,12 +312,7 @@ def train_dit(args):
         export_pipeline(tr, te1, te2, t5, vae, tok, ema, out / "pipeline", state)
         (out / "train.json").write_text(json.dumps(state, indent=1, default=str))
 
-    loss_f = open(out / "loss.csv", "a", newline="")
-    lw = csv.writer(loss_f)
-    if loss_f.tell() == 0:
-        lw.writerow(["step", "loss", "lr", "wall_s"])
-    probe_f = open(out / "probe.csv", "a", newline="")
-    pw = None
+    log = runlog.RunLog(out)
     t_start = time.time()
     print(f"training from step {step} ({origin}); transformer {recipe['transformer_params']:,}", flush=True)
     stream = batches(args, step)
@@ -352,27 +342,17 @@ def train_dit(args):
         ema.update(mods, step)
         step += 1
         wall += time.time() - t0
-        lw.writerow([step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{wall:.1f}"])
-        if step % 25 == 0:
-            loss_f.flush()
-            print(f"step {step} loss {loss.item():.4f} wall {wall / 60:.1f} min", flush=True)
+        log.loss(step, loss.item(), opt.param_groups[0]["lr"], wall)
         stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
         if step % args.probe_every == 0 or step == args.steps or stop:
             ema.copy_to(shadow)
-            pr = prober.measure(*shadow, t5, tok, vae)
-            last_probe = pr = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in pr.items()}}
-            if pw is None:
-                pw = csv.DictWriter(probe_f, fieldnames=list(pr))
-                if probe_f.tell() == 0:
-                    pw.writeheader()
-            pw.writerow(pr)
-            probe_f.flush()
-            print(json.dumps(pr), flush=True)
+            last_probe = log.probe(step, wall, prober.measure(*shadow, t5, tok, vae))
         if step % args.ckpt_every == 0 or step == args.steps or stop:
-            loss_f.flush()
+            log.flush()
             save()
         if stop:
             break
+    log.close()
     print(f"done: {step} steps, {wall / 60:.1f} min", flush=True)
 
 

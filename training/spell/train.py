@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training import runlog
 from training.glyph.train import EMA, x0_from_v  # the same EMA and v -> x0 as glyph's
 
 from diffprobe.zoo import spell_data as data
@@ -256,14 +256,9 @@ def main(argv=None):
         gen.set_state(ck["gen"])
         step, wall, start_step, origin = ck["step"], ck["wall"], ck.get("start_step", 0), ck.get("origin", "?")
         print(f"resumed from step {step} ({wall / 60:.1f} min)", flush=True)
-        for f in ("loss.csv", "probe.csv"):  # drop rows logged after the checkpoint
-            fp = out / f
-            if fp.exists():
-                lines = fp.read_text().splitlines(keepends=True)
-                fp.write_text("".join(ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step))
+        runlog.trim_after(out, step)
     elif args.init_from is None:
-        for f in ("loss.csv", "probe.csv"):
-            (out / f).unlink(missing_ok=True)
+        runlog.clear(out)
 
     T = sched.config.num_train_timesteps
     acp = sched.alphas_cumprod.float().to(dev)
@@ -291,12 +286,7 @@ def main(argv=None):
         export_pipeline(unet, te, tok, ema, out / "pipeline", state)
         (out / "train.json").write_text(json.dumps(state, indent=1, default=str))
 
-    loss_f = open(out / "loss.csv", "a", newline="")
-    lw = csv.writer(loss_f)
-    if loss_f.tell() == 0:
-        lw.writerow(["step", "loss", "lr", "wall_s"])
-    probe_f = open(out / "probe.csv", "a", newline="")
-    pw = None
+    log = runlog.RunLog(out)
     unet.train(), te.train()
     t_start = time.time()
     print(f"training from step {step} ({origin}); unet {recipe['unet_params']:,} text {recipe['text_params']:,}", flush=True)
@@ -328,28 +318,16 @@ def main(argv=None):
         ema.update([unet, te], step)  # absolute step: a warm start keeps the full EMA decay
         step += 1
         wall += time.time() - t0
-        lw.writerow([step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{wall:.1f}"])
-        if step % 25 == 0:
-            loss_f.flush()
-            print(f"step {step} loss {loss.item():.4f} wall {wall / 60:.1f} min", flush=True)
+        log.loss(step, loss.item(), opt.param_groups[0]["lr"], wall)
         stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
         if step % args.probe_every == 0 or step == args.steps or stop:
-            pr = run_probe()
-            pr = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in pr.items()}}
-            last_probe = pr
-            if pw is None:
-                pw = csv.DictWriter(probe_f, fieldnames=list(pr))
-                if probe_f.tell() == 0:
-                    pw.writeheader()
-            pw.writerow(pr)
-            probe_f.flush()
-            print(json.dumps(pr), flush=True)
+            last_probe = log.probe(step, wall, run_probe())
         if step % args.ckpt_every == 0 or step == args.steps or stop:
-            loss_f.flush()
+            log.flush()
             save()
         if stop:
             break
-    loss_f.close(), probe_f.close()
+    log.close()
     print(f"done: {step} steps, {wall / 60:.1f} min", flush=True)
 
 

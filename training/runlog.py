@@ -1,0 +1,59 @@
+"""The trainers' logs in a run folder: ``loss.csv`` (a row per step) and ``probe.csv`` (a row per probe), appended
+across restarts; on --resume, the rows logged after the checkpoint are dropped first (:func:`trim_after`)."""
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+FILES = ("loss.csv", "probe.csv")
+
+
+def trim_after(out: pathlib.Path, step: int) -> None:
+    """Drop the rows of steps after ``step`` (they were logged after the checkpoint being resumed)."""
+    for name in FILES:
+        fp = out / name
+        if fp.exists():
+            lines = fp.read_text().splitlines(keepends=True)
+            fp.write_text("".join(ln for ln in lines if not ln[:1].isdigit() or int(ln.split(",")[0]) <= step))
+
+
+def clear(out: pathlib.Path) -> None:
+    for name in FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+class RunLog:
+    """Appends to ``out/loss.csv`` and ``out/probe.csv`` (headers written once)."""
+
+    def __init__(self, out: pathlib.Path):
+        self.loss_f = open(out / "loss.csv", "a", newline="")
+        self.loss_w = csv.writer(self.loss_f)
+        if self.loss_f.tell() == 0:
+            self.loss_w.writerow(["step", "loss", "lr", "wall_s"])
+        self.probe_f = open(out / "probe.csv", "a", newline="")
+        self.probe_w = None
+
+    def loss(self, step: int, loss: float, lr: float, wall: float) -> None:
+        self.loss_w.writerow([step, f"{loss:.5f}", f"{lr:.2e}", f"{wall:.1f}"])
+        if step % 25 == 0:
+            self.loss_f.flush()
+            print(f"step {step} loss {loss:.4f} wall {wall / 60:.1f} min", flush=True)
+
+    def probe(self, step: int, wall: float, measured: dict) -> dict:
+        """Write (and print) one probe row; returns it."""
+        row = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in measured.items()}}
+        if self.probe_w is None:
+            self.probe_w = csv.DictWriter(self.probe_f, fieldnames=list(row))
+            if self.probe_f.tell() == 0:
+                self.probe_w.writeheader()
+        self.probe_w.writerow(row)
+        self.probe_f.flush()
+        print(json.dumps(row), flush=True)
+        return row
+
+    def flush(self) -> None:
+        self.loss_f.flush()
+
+    def close(self) -> None:
+        self.loss_f.close(), self.probe_f.close()
