@@ -85,6 +85,22 @@ def build_tokenizer():
     )
 
 
+def build_t5_tokenizer():
+    """``tokenizer_3``: the same vocabulary, but every character is dropped, so any prompt is ``</s>`` alone (what
+    T5 was trained on), and the pipeline has nothing to warn about when it truncates to max_sequence_length=1."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Replace(Regex(r"[\s\S]"), "")
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, vocab[EOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   model_max_length=CALL["max_sequence_length"])
+
+
 def build_text_encoder(vocab_size: int, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -127,7 +143,7 @@ def assemble_pipeline(transformer, vae, te1, te2, t5, tok):
 
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=build_scheduler(), vae=vae, text_encoder=te1, tokenizer=tok,
-        text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=t5, tokenizer_3=tok,
+        text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=t5, tokenizer_3=build_t5_tokenizer(),
     )
 
 
