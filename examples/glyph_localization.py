@@ -101,6 +101,26 @@ def balanced_pairs(n: int) -> tuple:
     return tuple(by[KINDS[i % 3]][i // 3] for i in range(n))
 
 
+def ts_table(dt) -> list[str]:
+    """The t_s sweep's markdown table: a row per (site, t_s)."""
+    ct = summaries(dt)
+    lines = ["", f"### t_s sweep (top {dt.sizes['site']} sites)", "", f"| site | t_s | {HEAD} |", "|---" * 9 + "|"]
+    for i in range(dt.sizes["site"]):
+        for t in dt.t_start.values:
+            lines.append(f"| {dt.site_label.values[i]} | {int(t)} | " + " | ".join(fmt(ct, n, i, int(t)) for n in NAMES) + " |")
+    return lines
+
+
+def count_table(dc, probe) -> list[str]:
+    """The layer-count markdown table: a row per number of sites, with their K/V parameters."""
+    cc = summaries(dc)
+    lines = ["", "### Layer count (t_s = 0)", "", f"| sites | K/V params (fraction) | {HEAD} |", "|---" * 9 + "|"]
+    for i, used in enumerate(dc.sites_used.values):
+        c = probe.count(str(used))
+        lines.append(f"| {used} | {c['localized_params']:,} ({100 * c['fraction']:.2f}%) | " + " | ".join(fmt(cc, n, i) for n in NAMES) + " |")
+    return lines
+
+
 def misreads(ds, i: int, group: str = "site") -> list[str]:
     ocr = ds["ocr_text"].isel({group: i, "t_start": 0}).transpose("pair", "seed").values
     out = []
@@ -172,17 +192,9 @@ def main() -> None:
     for i in range(ds.sizes["site"]):
         lines.append(f"| {ds.site_label.values[i]} | `{ds.site_name.values[i]}` | " + " | ".join(fmt(ci, n, i, 0) for n in NAMES) + " |")
     if dt is not None:
-        ct = summaries(dt)
-        lines += ["", f"### t_s sweep (top {dt.sizes['site']} sites)", "", f"| site | t_s | {HEAD} |", "|---" * 9 + "|"]
-        for i in range(dt.sizes["site"]):
-            for t in dt.t_start.values:
-                lines.append(f"| {dt.site_label.values[i]} | {int(t)} | " + " | ".join(fmt(ct, n, i, int(t)) for n in NAMES) + " |")
+        lines += ts_table(dt)
     if dc is not None:
-        cc = summaries(dc)
-        lines += ["", "### Layer count (t_s = 0)", "", f"| sites | K/V params (fraction) | {HEAD} |", "|---" * 9 + "|"]
-        for i, used in enumerate(dc.sites_used.values):
-            c = probe.count(str(used))
-            lines.append(f"| {used} | {c['localized_params']:,} ({100 * c['fraction']:.2f}%) | " + " | ".join(fmt(cc, n, i) for n in NAMES) + " |")
+        lines += count_table(dc, probe)
 
     # the length view, split by the kind of pair
     kinds = [kind(str(a), str(b)) for a, b in zip(ds.source_text.values, ds.target_text.values)]

@@ -24,7 +24,7 @@ from diffprobe.experiments import Experiment, count_follow_up, run
 from diffprobe.glyph_bench import spell_pairs
 from diffprobe.results import share_baselines
 from diffprobe.zoo import glyph_mmdit
-from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, fmt, misreads, summaries
+from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, count_table, fmt, misreads, summaries, ts_table
 
 
 def moved(ds) -> np.ndarray:
@@ -78,17 +78,8 @@ def main() -> None:
         lines.append(f"| {ds.site_label.values[i]} | `{ds.site_name.values[i]}` | {mv[:, i].mean():.2f} ± {mv[:, i].std():.2f} | "
                      + " | ".join(fmt(ci, n, i, 0) for n in NAMES) + " |")
     if dt is not None:
-        ct = summaries(dt)
-        lines += ["", f"### t_s sweep (top {dt.sizes['site']} sites)", "", f"| site | t_s | {HEAD} |", "|---" * 9 + "|"]
-        for i in range(dt.sizes["site"]):
-            for t in dt.t_start.values:
-                lines.append(f"| {dt.site_label.values[i]} | {int(t)} | " + " | ".join(fmt(ct, n, i, int(t)) for n in NAMES) + " |")
-    cc = summaries(dc)
-    lines += ["", "### Layer count (t_s = 0)", "", f"| sites | K/V params (fraction) | {HEAD} |", "|---" * 9 + "|"]
-    for i, used in enumerate(dc.sites_used.values):
-        c = probe.count(str(used))
-        lines.append(f"| {used} | {c['localized_params']:,} ({100 * c['fraction']:.2f}%) | "
-                     + " | ".join(fmt(cc, n, i) for n in NAMES) + " |")
+        lines += ts_table(dt)
+    lines += count_table(dc, probe)
     top_i = [str(s) for s in ds.site_label.values].index(ranked[0])
     missed = misreads(ds, top_i)
     lines += ["", f"Misreads at {ranked[0]} ({len(missed)}): " + ("; ".join(missed) or "none") + "."]
