@@ -230,7 +230,14 @@ class SiteCatalogue(Sequence[Site]):
         return ", ".join(f"{n} {k} sites ({k}:0-{n - 1})" for k, n in self.counts().items())
 
     def _grammar_hint(self) -> str:
+        """The selection grammar, with examples from this model's own sites."""
+        counts = self.counts()
+        kind = next((k for k in ("cross", "joint", "single") if k in counts), next(iter(counts), "cross"))
+        last = counts.get(kind, 1) - 1
+        first = self._sites[0].name.split(".") if self._sites else ["up_blocks", "0"]
+        glob = ".".join(first[:2]) + ".*"
         return (
-            f"this model has {self._kinds_text()}; write e.g. 'cross:all', 'cross:3-5', "
-            "'joint:10' or a module-name glob such as 'up_blocks.0.*'."
+            f"this model has {self._kinds_text()}; write e.g. '{kind}:all', '{kind}:0-{min(2, last)}', "
+            f"'{kind}:0,{last}' (one kind, a comma between indices), several selections separated by spaces, "
+            f"or a module-name glob such as '{glob}'."
         )

@@ -216,6 +216,9 @@ def test_other_selection_errors(sdxl, meta_factory):
         meta_factory("sd3-medium").sites.parse("cross:all")
     with pytest.raises(SiteError, match=r"No site matches 'down_blocks\.9\.\*'"):
         sdxl.parse("down_blocks.9.*")
+    # the grammar hint shows this model's own kinds and module names (a joint model is not told to write 'cross:')
+    with pytest.raises(SiteError, match=r"'joint:all', 'joint:0-2', 'joint:0,23'.*'transformer_blocks\.0\.\*'"):
+        meta_factory("sd3-medium").sites.parse("joint:0,joint:7")
 
 
 def test_site_error_is_a_diffprobe_error_and_a_key_error(sdxl):
