@@ -62,23 +62,25 @@ def is_hub_id(text: str) -> bool:
     return True
 
 
-def _zoo_model(name: str) -> tuple[Path, dict]:
-    """(folder, generation defaults) of a model diffprobe ships: ``"glyph"`` or ``"glyph-mmdit"``."""
+def _zoo_model(name: str) -> tuple[Path, dict, Any]:
+    """(folder, generation defaults, prompt check or None) of a model diffprobe ships: ``"glyph"`` or
+    ``"glyph-mmdit"``."""
     if name == DEFAULT_MODEL:
         from .zoo.glyph import HEIGHT, WIDTH, default_model_path
 
         path, defaults, train = Path(default_model_path()), {"height": HEIGHT, "width": WIDTH}, "make train-glyph"
+        check = None
     else:
         from .zoo import glyph_mmdit as z
 
-        path, train = Path(z.default_model_path()), "make train-mmdit"
+        path, train, check = Path(z.default_model_path()), "make train-mmdit", z.check_prompt
         defaults = {"height": z.HEIGHT, "width": z.WIDTH, "guidance": z.GUIDANCE, "call": dict(z.CALL)}
     if not (path / "model_index.json").exists():
         raise ModelLoadError(
             f"The embedded model {name!r}'s weights are missing at {path}. Train them with `{train}` "
             "or pass another model."
         )
-    return path, defaults
+    return path, defaults, check
 
 
 OFFLOADS = ("model", "sequential")
@@ -324,12 +326,9 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = 
         name = model[: -len(":meta")]
         return Probe.from_denoiser(meta_denoiser(name), name=model)
     if isinstance(model, str) and model in ZOO_MODELS:
-        path, defaults = _zoo_model(model)
+        path, defaults, check = _zoo_model(model)
         probe = Probe.from_nnsight(_load_local(path, placement), name=model, defaults=defaults)
-        if model != DEFAULT_MODEL:
-            from .zoo.glyph_mmdit import check_prompt
-
-            probe.prompt_check = check_prompt
+        probe.prompt_check = check
         return probe
     if isinstance(model, (str, Path)):
         text = str(model)

@@ -6,10 +6,10 @@ any word of 1-8 letters, assembled into a STOCK diffusers ``StableDiffusion3Pipe
   letter AND position, ``"Stop"`` -> ``s1 t2 o3 p4 #end``. A letter token says what to write and where (the
   k-th letter slot); the transformer's image tokens carry their 2-D position (SD3's sin-cos position
   embedding), so writing letter k is "image tokens near slot k attend to the token ``?k``". The same tokenizer
-  serves both CLIP encoders. Lower/upper case give the same tokens; letters after the 8th are dropped (callers
-  check the word first: :func:`check_word`).
+  serves both CLIP encoders. Lower/upper case give the same tokens; letters after the 8th are dropped (diffprobe
+  checks the word first: :func:`diffprobe.zoo.glyph_mmdit.check_prompt`).
 - Two CLIP text encoders (``CLIPTextModelWithProjection``, causal, 2 layers, width 64) as SD3 has, and a
-  one-layer T5 encoder (frozen, random) in T5's place: called with ``max_sequence_length=1`` (CALL) it sees only
+  one-layer T5 encoder (frozen, random) in T5's place: called with ``max_sequence_length=1`` (T5_LENGTH) it sees only
   ``</s>`` and adds one constant context token. It is there so the folder loads as a stock SD3 pipeline
   (``StableDiffusion3Pipeline`` does not load without a ``text_encoder_3`` entry).
 - The pooled prompt embedding (SD3's adaLN input) is silenced in the shipped model: both CLIPs'
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from diffprobe.zoo import glyph_mmdit as zoo
 from diffprobe.zoo import spell_data as data
 
 MAX_LENGTH = 24  # CLIP tokenizer length: template (<= 9 words) + 8 letters + #end + </s>
@@ -30,8 +31,8 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 END = "#end"
 EOS_ID = 1
-#: the pipeline call this model is trained for (diffprobe passes it; a plain diffusers user passes it too)
-CALL = dict(height=data.HEIGHT, width=data.WIDTH, max_sequence_length=1, guidance_scale=4.0)
+#: T5's sequence length in the pipeline call the model is trained for (diffprobe.zoo.glyph_mmdit.CALL)
+T5_LENGTH = zoo.CALL["max_sequence_length"]
 
 CLIP_CONFIG = dict(
     hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
@@ -98,7 +99,7 @@ def build_t5_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, vocab[EOS])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   model_max_length=CALL["max_sequence_length"])
+                                   model_max_length=T5_LENGTH)
 
 
 def build_text_encoder(vocab_size: int, seed: int):
@@ -162,18 +163,8 @@ def encode(te1, te2, t5, ids):
         pooled.append(out[0])
         states.append(out.hidden_states[-2])
     clip = torch.cat(states, dim=-1)
-    t5_ids_ = ids.new_full((ids.shape[0], CALL["max_sequence_length"]), EOS_ID)
+    t5_ids_ = ids.new_full((ids.shape[0], T5_LENGTH), EOS_ID)
     return torch.cat([clip, t5(t5_ids_)[0]], dim=1), torch.cat(pooled, dim=-1)
-
-
-def check_word(word: str) -> str:
-    """The word upper-cased, or ValueError naming what this model cannot write."""
-    w = word.strip().upper()
-    bad = sorted({c for c in w if not ("A" <= c <= "Z")})
-    if not w or bad or len(w) > data.MAX_LETTERS:
-        raise ValueError(f"{word!r}: glyph-mmdit writes 1-{data.MAX_LETTERS} letters A-Z"
-                         + (f"; it cannot write {''.join(bad)!r}" if bad else ""))
-    return w
 
 
 def count_params(m) -> int:

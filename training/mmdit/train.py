@@ -296,7 +296,7 @@ def train_dit(args):
     recipe = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
     recipe.update(origin=origin, transformer_params=model.count_params(tr),
                   text_params=model.count_params(te1) + model.count_params(te2), vae_params=model.count_params(vae),
-                  transformer_config=model.TRANSFORMER_CONFIG, clip_config=model.CLIP_CONFIG, call=model.CALL)
+                  transformer_config=model.TRANSFORMER_CONFIG, clip_config=model.CLIP_CONFIG, call=dict(model.zoo.CALL, guidance_scale=model.zoo.GUIDANCE))
     prober = MMDiTProber()
     shadow = [copy.deepcopy(m) for m in mods]
     last_probe: dict = {}
