@@ -174,30 +174,7 @@ class MMDiTProber(Prober):
             lat = z - v  # sigma = 1: x0 = x1 - v
             return vae.decode(lat / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1).cpu()
 
-        self._x0 = x0
-        xs = torch.cat([x0(self.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
-        return self.score(xs, noise)
-
-    def score(self, xs, noise):
-        out = {}
-        for split in ("heldout", "train"):
-            nn, let, nlet, n = 0, 0, 0, 0
-            for i, (t, w, s) in enumerate(self.items):
-                if s != split:
-                    continue
-                n += 1
-                nn += int(((self.refs[t] - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == i
-                for vs, true in self.variants[i]:
-                    let += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
-                    nlet += 1
-            out[f"nn_acc_{split}"], out[f"letter_acc_{split}"] = nn / n, let / nlet
-        t0, w0, _ = self.items[0]
-        ps = [data.prompt(t0, w, "mono") for w in (w0, "OPEN", "FISH", "HELLO")]
-        ps.append(data.prompt((t0 + 3) % len(data.TEMPLATES), w0, "mono"))
-        xe = self._x0(ps, noise[:1].expand(len(ps), -1, -1, -1))
-        out["word_effect"] = float(sum((xe[0] - xe[i]).abs().mean() for i in range(1, 4)) / 3)
-        out["template_effect"] = float((xe[0] - xe[4]).abs().mean())
-        return out
+        return self.score(x0, noise)
 
 
 def export_pipeline(tr, te1, te2, t5, vae, tok, ema, path, state):

@@ -131,7 +131,11 @@ class Prober:
                 v = unet(noise.to(dev), tt.to(dev), encoder_hidden_states=e).sample[:, :3].float().cpu()
             return x0_from_v(sched, noise, v, tt)
 
-        xs = torch.cat([x0(self.prompts[i:i + 32], self.noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
+        return self.score(x0, self.noise)
+
+    def score(self, x0, noise) -> dict:
+        """The measurements, given ``x0(prompts, noise) -> predicted clean images`` and one noise per item."""
+        xs = torch.cat([x0(self.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(self.prompts), 32)])
         out = {}
         for split in ("heldout", "train"):
             nn, let, nlet, n = 0, 0, 0, 0
@@ -150,7 +154,7 @@ class Prober:
         t0, w0, _ = self.items[0]
         other_t = (t0 + 3) % len(data.TEMPLATES)
         ps = [data.prompt(t0, w, PROBE_FONT) for w in (w0, "OPEN", "FISH", "HELLO")] + [data.prompt(other_t, w0, PROBE_FONT)]
-        xe = x0(ps, self.noise[:1].expand(len(ps), -1, -1, -1))
+        xe = x0(ps, noise[:1].expand(len(ps), -1, -1, -1))
         out["word_effect"] = float(sum((xe[0] - xe[i]).abs().mean() for i in range(1, 4)) / 3)
         out["template_effect"] = float((xe[0] - xe[4]).abs().mean())
         return out
