@@ -1,12 +1,32 @@
-"""The trainers' logs in a run folder: ``loss.csv`` (a row per step) and ``probe.csv`` (a row per probe), appended
-across restarts; on --resume, the rows logged after the checkpoint are dropped first (:func:`trim_after`)."""
+"""The trainers' run folder: :func:`atomic_dir` for exported pipelines, and the logs ``loss.csv`` (a row per step)
+and ``probe.csv`` (a row per probe), appended across restarts; on --resume, the rows logged after the checkpoint
+are dropped first (:func:`trim_after`)."""
 from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
+import shutil
 
 FILES = ("loss.csv", "probe.csv")
+
+
+def atomic_dir(write, path: pathlib.Path) -> pathlib.Path:
+    """``write(tmp)`` a folder next to ``path``, then swap it in: a reader sees the old folder or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
 
 
 def trim_after(out: pathlib.Path, step: int) -> None:

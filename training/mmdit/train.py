@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import pathlib
-import shutil
 import time
 
 import torch
@@ -66,21 +65,6 @@ def parse_args(argv=None):
     p.add_argument("--snapshot", type=pathlib.Path, default=None)
     p.add_argument("--to", type=pathlib.Path, default=pathlib.Path("diffprobe/zoo/glyph_mmdit/weights"))
     return p.parse_args(argv)
-
-
-def _atomic_dir(write, path: pathlib.Path):
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 # ------------------------------------------------------------------------------------------------ stage vae
@@ -187,7 +171,7 @@ def export_pipeline(tr, te1, te2, t5, vae, tok, ema, path, state):
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "train_state.json").write_text(json.dumps(state, indent=1, default=str))
 
-    _atomic_dir(write, pathlib.Path(path))
+    runlog.atomic_dir(write, pathlib.Path(path))
 
 
 def load_from(folder: pathlib.Path, tr, te1, te2, t5):

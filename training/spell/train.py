@@ -171,21 +171,12 @@ def export_pipeline(unet, te, tok, ema, path, state: dict):
     u2.set_attn_processor(AttnProcessor2_0())
     u2.to(torch.float16)
     pipe = model.assemble_pipeline(u2, t2, tok)
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_state.json").write_text(json.dumps(state, indent=1, default=str))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
+
+    def write(tmp):
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "train_state.json").write_text(json.dumps(state, indent=1, default=str))
+
+    return runlog.atomic_dir(write, pathlib.Path(path))
 
 
 def snapshot(run: pathlib.Path, to: pathlib.Path):
