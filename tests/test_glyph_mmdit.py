@@ -30,6 +30,30 @@ def test_tokenizer_gives_one_token_per_letter_and_position():
     assert model.UNK not in tokens(spell_data.prompt(6, "QUIZ", "serif"))
 
 
+def test_reinit_letters_gives_unit_codes_shared_by_letter_and_slot_and_leaves_other_tokens():
+    import torch
+
+    from training.mmdit import model
+    from training.mmdit.train import reinit_letters
+
+    tok = model.build_tokenizer()
+    te1, te2 = model.build_text_encoder(len(tok), 0), model.build_text_encoder(len(tok), 1)
+    before = [te.text_model.embeddings.token_embedding.weight.detach().clone() for te in (te1, te2)]
+    reinit_letters(te1, te2, tok, seed=0)
+    vocab = tok.get_vocab()
+    letters = [vocab[f"{c}{k}"] for c in model.LETTERS for k in range(1, spell_data.MAX_LETTERS + 1)]
+    others = sorted(set(range(len(tok))) - set(letters))
+    for te, old in zip((te1, te2), before):
+        rows = te.text_model.embeddings.token_embedding.weight.detach()
+        assert torch.equal(rows[others], old[others])  # template words, #end, </s>: untouched
+        grid = rows[letters].view(26, spell_data.MAX_LETTERS, -1)
+        assert 0.8 < grid.std().item() < 1.2
+        unit = torch.nn.functional.normalize(grid, dim=-1)
+        same_letter = torch.einsum("akd,ajd->akj", unit, unit)[:, ~torch.eye(8, dtype=torch.bool)].mean()
+        other_both = torch.einsum("akd,bjd->abkj", unit[:13, :4], unit[13:, 4:]).mean()
+        assert same_letter > 0.3 and abs(other_both) < 0.1  # one code per letter (and per slot), halves of each row
+
+
 def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch():
     import importlib.metadata
 

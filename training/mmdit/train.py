@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--zero-pooled", action="store_true",
                    help="zero and freeze both CLIPs' text_projection: the pooled prompt (SD3's adaLN input) becomes a "
                         "constant, so the prompt reaches the image only through joint attention")
+    p.add_argument("--reinit-letters", action="store_true",
+                   help="(warm start) re-draw the letter tokens' embeddings in both CLIPs as std-1 codes "
+                        "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
@@ -199,6 +202,27 @@ def zero_pooled(te1, te2, ema):
                 ema.shadow[k][i].zero_()
 
 
+@torch.no_grad()
+def reinit_letters(te1, te2, tok, seed):
+    """The letter tokens (``s1 t2 ...``) of both CLIPs get new embedding rows ``(L[letter] + P[slot]) / sqrt 2`` with
+    L, P ~ N(0, 1): every letter starts with one code shared by its 8 slots, every slot with one code shared by
+    its 26 letters, both at unit scale. CLIP's std-0.02 rows are as small as its position embeddings and the
+    causal attention output over the template words, which drown the letter in the residual stream: after 3,600
+    steps the trained rows were still at 0.21 norm (init 0.16), with a cosine of 0.02-0.04 between one letter at
+    two slots (GLYPH-NOTES: std-1 token embeddings is what made the UNet follow the word). Template tokens come
+    before the word, so under CLIP's causal mask their states, and what the model learnt of templates, stay."""
+    vocab = tok.get_vocab()
+    g = torch.Generator().manual_seed(seed + 404)
+    n, dim = data.MAX_LETTERS, te1.config.hidden_size
+    codes_letter = torch.randn(len(model.LETTERS), dim, generator=g)
+    codes_slot = torch.randn(n, dim, generator=g)
+    for te in (te1, te2):
+        rows = te.text_model.embeddings.token_embedding.weight
+        for i, c in enumerate(model.LETTERS):
+            for k in range(n):
+                rows[vocab[f"{c}{k + 1}"]] = (codes_letter[i] + codes_slot[k]) / 2 ** 0.5
+
+
 def sigmas(n, gen, args):
     """Noise levels: SD3's shifted uniform, half of them from [noisy_from, 1]."""
     u = torch.rand(n, generator=gen)
@@ -230,6 +254,9 @@ def train_dit(args):
         wall = float(st.get("wall_seconds", 0.0))
         origin = f"init-from {args.init_from} (step {step})"
         vae_dir = args.init_from / "vae"
+        if args.reinit_letters:
+            reinit_letters(te1, te2, tok, args.seed)
+            origin += ", letter embeddings re-drawn"
     vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval().requires_grad_(False)
     for m in (tr, te1, te2, t5):
         m.to(dev)
