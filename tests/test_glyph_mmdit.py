@@ -54,6 +54,18 @@ def test_reinit_letters_gives_unit_codes_shared_by_letter_and_slot_and_leaves_ot
         assert same_letter > 0.3 and abs(other_both) < 0.1  # one code per letter (and per slot), halves of each row
 
 
+def test_a_font_curriculum_narrows_the_faces_and_keeps_the_default_batches():
+    from diffprobe.errors import SpecError
+
+    _, prompts, samples = spell_data.sample_batch(0, 3, 32, fonts=("mono",))
+    assert {s.font for s in samples} == {"mono"}
+    assert all((s.template, "mono") not in spell_data.HELD_OUT_COMBOS for s in samples)
+    assert spell_data.sample_batch(0, 3, 32)[1] == spell_data.sample_batch(0, 3, 32, fonts=spell_data.FONT_NAMES)[1]
+    assert len({s.font for s in spell_data.sample_batch(0, 3, 32)[2]}) == 3
+    with pytest.raises(SpecError, match="choose among sans, serif, mono"):
+        spell_data.train_combos(("comic",))
+
+
 def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch():
     import importlib.metadata
 

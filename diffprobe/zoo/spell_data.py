@@ -239,14 +239,21 @@ def to_tensor(images):
     return torch.from_numpy(to_array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_combos() -> list[tuple[int, str]]:
-    return [(t, f) for t in range(len(TEMPLATES)) for f in FONT_NAMES if (t, f) not in HELD_OUT_COMBOS]
+def train_combos(fonts: tuple[str, ...] = FONT_NAMES) -> list[tuple[int, str]]:
+    unknown = set(fonts) - set(FONT_NAMES)
+    if unknown or not fonts:
+        from diffprobe.errors import SpecError
+
+        raise SpecError(f"fonts {sorted(unknown) or '()'}: choose among {', '.join(FONT_NAMES)}")
+    return [(t, f) for t in range(len(TEMPLATES)) for f in FONT_NAMES if f in fonts and (t, f) not in HELD_OUT_COMBOS]
 
 
-def sample_batch(seed: int, step: int, n: int, random_frac: float = 0.25, font_in_prompt: float = 0.5):
-    """(images, prompts, samples) of training batch ``step``: a pure function of (seed, step, n)."""
+def sample_batch(seed: int, step: int, n: int, random_frac: float = 0.25, font_in_prompt: float = 0.5,
+                 fonts: tuple[str, ...] = FONT_NAMES):
+    """(images, prompts, samples) of training batch ``step``: a pure function of (seed, step, n, fonts).
+    ``fonts`` narrows the faces (a curriculum: mono alone puts letter k in fixed columns)."""
     rng = np.random.default_rng([seed, step, 7919])
-    words, combos = train_words(), train_combos()
+    words, combos = train_words(), train_combos(tuple(fonts))
     samples, prompts = [], []
     for _ in range(n):
         t, f = combos[int(rng.integers(len(combos)))]

@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--reinit-letters", action="store_true",
                    help="(warm start) re-draw the letter tokens' embeddings in both CLIPs as std-1 codes "
                         "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
+    p.add_argument("--fonts", default=",".join(data.FONT_NAMES),
+                   help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
@@ -116,27 +118,28 @@ def train_vae(args):
 class _Batches(torch.utils.data.Dataset):
     """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts), for a DataLoader's workers."""
 
-    def __init__(self, seed, n, random_frac):
-        self.seed, self.n, self.random_frac = seed, n, random_frac
+    def __init__(self, seed, n, random_frac, fonts):
+        self.seed, self.n, self.random_frac, self.fonts = seed, n, random_frac, fonts
 
     def __len__(self):
         return 10 ** 9
 
     def __getitem__(self, step):
-        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac)
+        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts)
         return data.to_tensor(images), prompts
 
 
 def batches(args, start):
     """(step, pixels, prompts) from ``start`` on: rendered here, or ahead in ``args.workers`` processes."""
+    fonts = tuple(args.fonts.split(","))
     if not args.workers:
         step = start
         while True:
-            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts)
             yield step, data.to_tensor(images), prompts
             step += 1
     loader = torch.utils.data.DataLoader(
-        _Batches(args.seed, args.batch, args.random_frac), batch_size=None, num_workers=args.workers,
+        _Batches(args.seed, args.batch, args.random_frac, fonts), batch_size=None, num_workers=args.workers,
         sampler=range(start, 10 ** 9), prefetch_factor=4, persistent_workers=True)
     for step, (x, prompts) in enumerate(loader, start):
         yield step, x, list(prompts)
