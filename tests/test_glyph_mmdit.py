@@ -54,7 +54,7 @@ def test_reinit_letters_gives_unit_codes_shared_by_letter_and_slot_and_leaves_ot
         assert same_letter > 0.3 and abs(other_both) < 0.1  # one code per letter (and per slot), halves of each row
 
 
-def test_a_font_curriculum_narrows_the_faces_and_keeps_the_default_batches():
+def test_a_curriculum_narrows_faces_and_word_lengths_and_keeps_the_default_batches():
     from diffprobe.errors import SpecError
 
     _, prompts, samples = spell_data.sample_batch(0, 3, 32, fonts=("mono",))
@@ -64,6 +64,10 @@ def test_a_font_curriculum_narrows_the_faces_and_keeps_the_default_batches():
     assert len({s.font for s in spell_data.sample_batch(0, 3, 32)[2]}) == 3
     with pytest.raises(SpecError, match="choose among sans, serif, mono"):
         spell_data.train_combos(("comic",))
+    _, _, short = spell_data.sample_batch(0, 3, 64, random_frac=0.5, max_letters=2)
+    assert {len(s.word) for s in short} == {1, 2}
+    with pytest.raises(SpecError, match="choose 1 to 8"):
+        spell_data.sample_batch(0, 3, 4, max_letters=9)
 
 
 def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch():

@@ -115,8 +115,8 @@ def build_word_list(n: int = 20000) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def train_words() -> tuple[str, ...]:
-    return tuple(w for w in all_words() if not is_held_out_word(w))
+def train_words(max_letters: int = MAX_LETTERS) -> tuple[str, ...]:
+    return tuple(w for w in all_words() if not is_held_out_word(w) and len(w) <= max_letters)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,9 +141,9 @@ def eval_train() -> tuple[str, ...]:
     return _eval_list(train_words()[::40], 64)
 
 
-def random_string(rng: np.random.Generator) -> str:
+def random_string(rng: np.random.Generator, max_letters: int = MAX_LETTERS) -> str:
     while True:
-        n = int(rng.integers(1, MAX_LETTERS + 1))
+        n = int(rng.integers(1, max_letters + 1))
         s = "".join(chr(65 + int(c)) for c in rng.integers(0, 26, size=n))
         if s not in _held_set():
             return s
@@ -249,15 +249,20 @@ def train_combos(fonts: tuple[str, ...] = FONT_NAMES) -> list[tuple[int, str]]:
 
 
 def sample_batch(seed: int, step: int, n: int, random_frac: float = 0.25, font_in_prompt: float = 0.5,
-                 fonts: tuple[str, ...] = FONT_NAMES):
-    """(images, prompts, samples) of training batch ``step``: a pure function of (seed, step, n, fonts).
-    ``fonts`` narrows the faces (a curriculum: mono alone puts letter k in fixed columns)."""
+                 fonts: tuple[str, ...] = FONT_NAMES, max_letters: int = MAX_LETTERS):
+    """(images, prompts, samples) of training batch ``step``: a pure function of its arguments. ``fonts`` and
+    ``max_letters`` narrow the faces and the word lengths, for a curriculum (mono alone puts letter k in fixed
+    columns; with one-letter words, what the letter looks like is a signal for the whole image)."""
+    if not 1 <= max_letters <= MAX_LETTERS:
+        from diffprobe.errors import SpecError
+
+        raise SpecError(f"max_letters={max_letters}: choose 1 to {MAX_LETTERS}")
     rng = np.random.default_rng([seed, step, 7919])
-    words, combos = train_words(), train_combos(tuple(fonts))
+    words, combos = train_words(max_letters), train_combos(tuple(fonts))
     samples, prompts = [], []
     for _ in range(n):
         t, f = combos[int(rng.integers(len(combos)))]
-        w = random_string(rng) if rng.random() < random_frac else words[int(rng.integers(len(words)))]
+        w = random_string(rng, max_letters) if rng.random() < random_frac else words[int(rng.integers(len(words)))]
         s = jittered(t, w, f, rng)
         samples.append(s)
         prompts.append(prompt(t, w, f if rng.random() < font_in_prompt else None))

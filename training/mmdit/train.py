@@ -62,6 +62,8 @@ def parse_args(argv=None):
                         "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
     p.add_argument("--fonts", default=",".join(data.FONT_NAMES),
                    help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
+    p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS,
+                   help="train on words of at most this many letters (a curriculum: short words first)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
@@ -118,14 +120,15 @@ def train_vae(args):
 class _Batches(torch.utils.data.Dataset):
     """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts), for a DataLoader's workers."""
 
-    def __init__(self, seed, n, random_frac, fonts):
-        self.seed, self.n, self.random_frac, self.fonts = seed, n, random_frac, fonts
+    def __init__(self, seed, n, random_frac, fonts, max_letters):
+        self.seed, self.n, self.random_frac, self.fonts, self.max_letters = seed, n, random_frac, fonts, max_letters
 
     def __len__(self):
         return 10 ** 9
 
     def __getitem__(self, step):
-        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts)
+        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts,
+                                               max_letters=self.max_letters)
         return data.to_tensor(images), prompts
 
 
@@ -135,11 +138,12 @@ def batches(args, start):
     if not args.workers:
         step = start
         while True:
-            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts)
+            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
+                                                   max_letters=args.max_letters)
             yield step, data.to_tensor(images), prompts
             step += 1
     loader = torch.utils.data.DataLoader(
-        _Batches(args.seed, args.batch, args.random_frac, fonts), batch_size=None, num_workers=args.workers,
+        _Batches(args.seed, args.batch, args.random_frac, fonts, args.max_letters), batch_size=None, num_workers=args.workers,
         sampler=range(start, 10 ** 9), prefetch_factor=4, persistent_workers=True)
     for step, (x, prompts) in enumerate(loader, start):
         yield step, x, list(prompts)
