@@ -1,0 +1,75 @@
+"""What a `glyph-mmdit` snapshot knows of the word, from its x0 prediction at the noisiest level (pure noise):
+
+    python -m training.mmdit.diagnose runs/mmdit/pipeline [more folders ...]
+
+- letter accuracy per slot (spell's probe items and variants, mono letters; chance 1/26 = 0.038): which letters
+  of the word the model has learnt to draw, first letter first if it learns as a curriculum teaches;
+- word effect between words of the SAME length vs of DIFFERENT lengths (mean |x0 difference|, same noise):
+  a model that only knows how long the word is has a small first and a large second.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import torch
+
+from diffprobe.zoo import spell_data as data
+from training.spell.train import PROBE_FONT, Prober
+
+from . import model
+
+SAME_LENGTH = {4: ("OPEN", "FISH", "BANK", "LIME", "CROW", "JUMP"),
+               6: ("PLANET", "SIMPLE", "GARDEN", "BRIGHT", "FOLLOW", "MODERN")}
+
+
+def predictor(folder: pathlib.Path):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    tr, vae = pipe.transformer.eval(), pipe.vae
+
+    @torch.no_grad()
+    def x0(prompts, noise):
+        e, p = model.encode(pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, model.tokenize(pipe.tokenizer, prompts))
+        v = tr(hidden_states=noise, encoder_hidden_states=e, pooled_projections=p,
+               timestep=torch.full((len(prompts),), 1000.0)).sample
+        return vae.decode((noise - v) / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1)
+
+    return x0
+
+
+def diagnose(folder: pathlib.Path, prober: Prober) -> dict:
+    x0 = predictor(folder)
+    noise = torch.randn(len(prober.items), 4, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
+    xs = torch.cat([x0(prober.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(prober.prompts), 32)])
+    hits, seen = [0] * data.MAX_LETTERS, [0] * data.MAX_LETTERS
+    for i, per in enumerate(prober.variants):
+        for k, (vs, true) in enumerate(per):
+            hits[k] += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
+            seen[k] += 1
+    one = noise[:1]
+    pred = {n: x0([data.prompt(0, w, PROBE_FONT) for w in ws], one.expand(len(ws), -1, -1, -1))
+            for n, ws in SAME_LENGTH.items()}
+
+    def mean(ds):
+        return sum(ds) / len(ds)
+
+    same = mean([(pred[n][i] - pred[n][j]).abs().mean().item() for n in pred for i in range(6) for j in range(i + 1, 6)])
+    other = mean([(pred[4][i] - pred[6][j]).abs().mean().item() for i in range(6) for j in range(6)])
+    return dict(letter_acc_by_slot=[round(h / s, 3) for h, s in zip(hits, seen) if s],
+                word_effect_same_length=round(same, 4), word_effect_other_length=round(other, 4))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", type=pathlib.Path, nargs="+")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    prober = Prober()
+    for folder in args.folders:
+        print(folder, diagnose(folder, prober), flush=True)
+
+
+if __name__ == "__main__":
+    main()
