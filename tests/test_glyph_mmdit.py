@@ -181,3 +181,23 @@ def test_generations_on_held_out_words_follow_the_template_colours():
 
 N_SMOKE = 4
 COLOUR_BAR = 0.95  # the bar for template colours
+
+
+@needs_weights
+def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alone():
+    import hashlib
+
+    from training.mmdit import diagnose, letter_test
+    from training.spell.train import Prober
+
+    def digest():
+        return hashlib.sha256((WEIGHTS / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+
+    before = digest()
+    d = diagnose.diagnose(WEIGHTS, Prober())
+    assert 3 <= len(d["letter_acc_by_slot"]) <= spell_data.MAX_LETTERS
+    assert all(0.0 <= a <= 1.0 for a in d["letter_acc_by_slot"])
+    assert d["word_effect_other_length"] > d["word_effect_same_length"] > 0  # the shipped model knows lengths
+    rows = list(letter_test.run(WEIGHTS, "alone", steps=2, every=1))
+    assert [r[0] for r in rows] == [0, 1, 2] and all(0.0 <= r[1] <= 1.0 for r in rows)
+    assert digest() == before
