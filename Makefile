@@ -67,18 +67,23 @@ train-spell: install
 	fi
 	$(PY) -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint
 
-# glyph-mmdit (docs/model-card-mmdit.md): continue runs/mmdit bit for bit, or on a new machine warm-start from the
+# glyph-mmdit (docs/model-card-mmdit.md): continue $(MMDIT_RUN) bit for bit, or on a new machine warm-start from the
 # shipped weights (their autoencoder is kept); then refresh the shipped weights. From scratch: see the model card.
+# A curriculum stage writes only some words: run it with MMDIT_SHIP=no, e.g.
+#   make train-mmdit MMDIT_RUN=runs/mmdit5 MMDIT_SHIP=no MMDIT_ARGS="--reinit-letters --fonts mono --max-letters 1 --random-frac 1.0"
+# (--reinit-letters acts only on a warm start from the shipped weights, not on a resume).
 MMDIT_MINUTES ?= 60
 MMDIT_ARGS ?=
+MMDIT_RUN ?= runs/mmdit
+MMDIT_SHIP ?= yes
 MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
 train-mmdit: install
-	if [ -f runs/mmdit/ckpt.pt ]; then \
-	  $(PY) -m training.mmdit.train --out runs/mmdit --resume --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	if [ -f $(MMDIT_RUN)/ckpt.pt ]; then \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --resume --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	else \
-	  $(PY) -m training.mmdit.train --out runs/mmdit --init-from $(MMDIT_WEIGHTS) --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	fi
-	$(PY) -m training.mmdit.train --snapshot runs/mmdit --to $(MMDIT_WEIGHTS)
+	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_WEIGHTS); fi
 
 clean:
 	rm -rf $(VENV) demo_out runs
