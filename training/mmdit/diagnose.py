@@ -26,7 +26,7 @@ SAME_LENGTH = {4: ("OPEN", "FISH", "BANK", "LIME", "CROW", "JUMP"),
 def predictor(folder: pathlib.Path):
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32)
     tr, vae = pipe.transformer.eval(), pipe.vae
 
     @torch.no_grad()

@@ -35,7 +35,7 @@ LAYOUTS = {
 def run(folder: pathlib.Path, layout: str, steps: int = 200, every: int = 25):
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32)
     tr, te1, te2, t5, vae, tok = (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3,
                                   pipe.vae, pipe.tokenizer)
     for te in (te1, te2):
