@@ -27,16 +27,9 @@ def predictor(folder: pathlib.Path):
     from diffusers import StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32)
-    tr, vae = pipe.transformer.eval(), pipe.vae
-
-    @torch.no_grad()
-    def x0(prompts, noise):
-        e, p = model.encode(pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, model.tokenize(pipe.tokenizer, prompts))
-        v = tr(hidden_states=noise, encoder_hidden_states=e, pooled_projections=p,
-               timestep=torch.full((len(prompts),), 1000.0)).sample
-        return vae.decode((noise - v) / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1)
-
-    return x0
+    parts = (pipe.transformer.eval(), pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.tokenizer,
+             pipe.vae)
+    return lambda prompts, noise: model.predict_x0(*parts, prompts, noise)
 
 
 def diagnose(folder: pathlib.Path, prober: Prober) -> dict:

@@ -45,17 +45,12 @@ def run(folder: pathlib.Path, layout: str, steps: int = 200, every: int = 25):
     sc, sh = vae.config.scaling_factor, vae.config.shift_factor
     prompt = LAYOUTS[layout]
     refs = data.to_tensor([data.render(data.canonical(0, c, "mono")) for c in LETTERS])
-    clean = {c: refs[i:i + 1] for i, c in enumerate(LETTERS)}
     g, rng = torch.Generator().manual_seed(1), np.random.default_rng(0)
 
-    @torch.no_grad()
     def accuracy():
         tr.eval()
         noise = torch.randn(26, 4, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(9))
-        e, p = model.encode(te1, te2, t5, model.tokenize(tok, [prompt(c) for c in LETTERS]))
-        v = tr(hidden_states=noise, encoder_hidden_states=e, pooled_projections=p,
-               timestep=torch.full((26,), 1000.0)).sample
-        x = vae.decode((noise - v) / sc + sh).sample.clamp(-1, 1)
+        x = model.predict_x0(tr, te1, te2, t5, tok, vae, [prompt(c) for c in LETTERS], noise)
         d = ((x[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4))
         return (d.argmin(1) == torch.arange(26)).float().mean().item()
 
@@ -66,9 +61,10 @@ def run(folder: pathlib.Path, layout: str, steps: int = 200, every: int = 25):
         if step == steps:
             break
         tr.train()
-        cs = [LETTERS[i] for i in rng.integers(0, 26, 32)]
+        picked = rng.integers(0, 26, 32)
+        cs = [LETTERS[i] for i in picked]
         with torch.no_grad():
-            x0 = (vae.encode(torch.cat([clean[c] for c in cs])).latent_dist.mean - sh) * sc
+            x0 = (vae.encode(refs[torch.from_numpy(picked)]).latent_dist.mean - sh) * sc
         noisy = torch.rand(32, generator=g) < 0.5
         s = torch.where(noisy, 0.9 + 0.1 * torch.rand(32, generator=g), torch.rand(32, generator=g)).view(-1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=g)

@@ -167,5 +167,16 @@ def encode(te1, te2, t5, ids):
     return torch.cat([clip, t5(t5_ids_)[0]], dim=1), torch.cat(pooled, dim=-1)
 
 
+@torch.no_grad()
+def predict_x0(tr, te1, te2, t5, tok, vae, prompts, z):
+    """The pixels the transformer predicts for ``prompts`` from latent noise ``z`` at the noisiest level (sigma 1:
+    x0 = z - v), decoded and clamped to [-1, 1]; on ``z``'s device."""
+    dev = z.device
+    e, p = encode(te1, te2, t5, tokenize(tok, prompts).to(dev))
+    t = torch.full((len(prompts),), 1000.0, device=dev)
+    v = tr(hidden_states=z, encoder_hidden_states=e, pooled_projections=p, timestep=t).sample
+    return vae.decode((z - v) / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1)
+
+
 def count_params(m) -> int:
     return sum(p.numel() for p in m.parameters())

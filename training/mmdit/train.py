@@ -62,7 +62,7 @@ def parse_args(argv=None):
                         "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
     p.add_argument("--fonts", default=",".join(data.FONT_NAMES),
                    help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
-    p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS,
+    p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(1, data.MAX_LETTERS + 1),
                    help="train on words of at most this many letters (a curriculum: short words first)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
@@ -161,12 +161,7 @@ class MMDiTProber(Prober):
         dev = next(tr.parameters()).device
 
         def x0(prompts, z):
-            z = z.to(dev)
-            e, p = model.encode(te1, te2, t5, model.tokenize(tok, prompts).to(dev))
-            t = torch.full((len(prompts),), 1000.0, device=dev)
-            v = tr(hidden_states=z, encoder_hidden_states=e, pooled_projections=p, timestep=t).sample
-            lat = z - v  # sigma = 1: x0 = x1 - v
-            return vae.decode(lat / vae.config.scaling_factor + vae.config.shift_factor).sample.clamp(-1, 1).cpu()
+            return model.predict_x0(tr, te1, te2, t5, tok, vae, prompts, z.to(dev)).cpu()
 
         return self.score(x0, noise)
 
@@ -353,6 +348,7 @@ def train_dit(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    data.train_combos(tuple(args.fonts.split(",")))  # an unknown face: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return
