@@ -73,15 +73,16 @@ train-spell: install
 #   make train-mmdit MMDIT_RUN=runs/mmdit5 MMDIT_SHIP=no MMDIT_ARGS="--reinit-letters --fonts mono --max-letters 1 --random-frac 1.0"
 # (--reinit-letters acts only on a warm start from the shipped weights, not on a resume).
 MMDIT_MINUTES ?= 60
+MMDIT_RECIPE = --zero-pooled --lr 4e-4 --steps 30000  # what runs 2-6 used (the parser's defaults are 5e-4, 100000)
 MMDIT_ARGS ?=
 MMDIT_RUN ?= runs/mmdit
 MMDIT_SHIP ?= yes
 MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
 train-mmdit: install
 	if [ -f $(MMDIT_RUN)/ckpt.pt ]; then \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --resume --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --resume $(MMDIT_RECIPE) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	else \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) --zero-pooled --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) $(MMDIT_RECIPE) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	fi
 	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_WEIGHTS); fi
 

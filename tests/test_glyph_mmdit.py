@@ -70,6 +70,47 @@ def test_a_curriculum_narrows_faces_and_word_lengths_and_keeps_the_default_batch
         spell_data.sample_batch(0, 3, 4, max_letters=9)
 
 
+def test_text_box_holds_exactly_the_pixels_the_text_draws():
+    _, _, samples = spell_data.sample_batch(0, 11, 48, random_frac=0.5)
+    for s in samples:
+        if spell_data.TEMPLATES[s.template].deco == "glow":  # its halo spreads past the glyphs (by design)
+            continue
+        drawn = np.any(np.asarray(spell_data.render(s), dtype=int)
+                       != np.asarray(spell_data.render(spell_data.replace(s, word="")), dtype=int), axis=-1)
+        left, top, right, bottom = spell_data.text_box(s, pad=0)
+        inside = np.zeros_like(drawn)
+        inside[top:bottom, left:right] = True
+        assert drawn.any() and not (drawn & ~inside).any(), s  # nothing drawn outside the box
+        rows, cols = np.nonzero(drawn)  # and the box is tight: each edge within 2 px of a drawn one (bearings)
+        slack = np.subtract((rows.min(), cols.min(), bottom, right), (top, left, rows.max() + 1, cols.max() + 1))
+        assert slack.min() >= 0 and slack.max() <= 2, (s, slack)
+
+
+def test_text_weighted_loss_is_the_plain_loss_at_weight_zero_and_weights_only_the_text_box():
+    import torch
+    import torch.nn.functional as F
+
+    from training.mmdit.train import main, text_weights, weighted_mse
+    from diffprobe.errors import SpecError
+
+    _, _, samples = spell_data.sample_batch(0, 2, 4, max_letters=1, random_frac=1.0, fonts=("mono",))
+    a, b = torch.randn(4, 4, spell_data.HEIGHT, spell_data.WIDTH), torch.randn(4, 4, spell_data.HEIGHT, spell_data.WIDTH)
+    assert torch.equal(weighted_mse(a, b, text_weights(samples, 0.0)), F.mse_loss(a, b))
+    w = text_weights(samples, 8.0)
+    for i, s in enumerate(samples):
+        left, top, right, bottom = spell_data.text_box(s)
+        assert (w[i, :, top:bottom, left:right] == 9).all() and int((w[i] == 9).sum()) == (bottom - top) * (right - left)
+    b2 = b.clone()
+    b2[w.expand_as(b) == 1] += 1.0  # the same error added outside the text counts 9x less than inside it
+    b3 = b.clone()
+    b3[w.expand_as(b) == 9] += 1.0
+    d_out, d_in = weighted_mse(a, b2, w) - weighted_mse(a, b, w), weighted_mse(a, b3, w) - weighted_mse(a, b, w)
+    n_out, n_in = int((w == 1).sum()), int((w == 9).sum())
+    assert abs((d_in / n_in) / (d_out / n_out) - 9) < 0.5
+    with pytest.raises(SpecError, match="a weight >= 0"):
+        main(["--text-weight", "-1", "--out", "/nonexistent/never-made"])
+
+
 def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch():
     import importlib.metadata
 

@@ -195,6 +195,31 @@ def jittered(template: int, word: str, font: str, rng: np.random.Generator) -> S
     )
 
 
+def _layout(s: Sample) -> tuple[str, ImageFont.FreeTypeFont, int, int]:
+    """(word, font, x, y) of the text of ``s``: shrunk until it ends before ``WIDTH - MARGIN_R``, on a common
+    baseline from the cap height."""
+    word = s.word.upper()
+    size = s.size
+    x0 = TEXT_X + s.dx
+    while size > 8:
+        font = _font(s.font, size)
+        if x0 + font.getlength(word) <= WIDTH - MARGIN_R:
+            break
+        size -= 1
+    font = _font(s.font, size)
+    top, bottom = font.getbbox("H")[1], font.getbbox("H")[3]
+    y = (HEIGHT - (bottom - top)) // 2 - top + s.dy
+    return word, font, x0, y
+
+
+def text_box(s: Sample, pad: int = 1) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel box, exclusive right/bottom, clipped to the image, that holds every pixel
+    the text of ``s`` draws (its neon halo aside), grown by ``pad``: where a training loss can weight the text."""
+    word, font, x0, y = _layout(s)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((x0, y), word, font=font)
+    return (max(0, left - pad), max(0, top - pad), min(WIDTH, right + pad), min(HEIGHT, bottom + pad))
+
+
 def render(s: Sample) -> Image.Image:
     tp = TEMPLATES[s.template]
     img = Image.new("RGB", (WIDTH, HEIGHT), s.bg)
@@ -207,17 +232,7 @@ def render(s: Sample) -> Image.Image:
     elif tp.deco == "band":  # low-contrast bands (a shade of the background) top and bottom
         d.rectangle([0, 0, WIDTH - 1, 2], fill=s.deco)
         d.rectangle([0, HEIGHT - 3, WIDTH - 1, HEIGHT - 1], fill=s.deco)
-    word = s.word.upper()
-    size = s.size
-    x0 = TEXT_X + s.dx
-    while size > 8:
-        font = _font(s.font, size)
-        if x0 + font.getlength(word) <= WIDTH - MARGIN_R:
-            break
-        size -= 1
-    font = _font(s.font, size)
-    top, bottom = font.getbbox("H")[1], font.getbbox("H")[3]  # common baseline from the cap height
-    y = (HEIGHT - (bottom - top)) // 2 - top + s.dy
+    word, font, x0, y = _layout(s)
     if tp.deco == "glow":  # neon: a soft halo of the text colour, then the text
         halo = Image.new("L", (WIDTH, HEIGHT), 0)
         ImageDraw.Draw(halo).text((x0, y), word, fill=110, font=font)

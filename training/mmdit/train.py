@@ -64,6 +64,11 @@ def parse_args(argv=None):
                    help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
     p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(1, data.MAX_LETTERS + 1),
                    help="train on words of at most this many letters (a curriculum: short words first)")
+    p.add_argument("--text-weight", type=float, default=0.0,
+                   help="weight the loss inside each sample's text box (spell_data.text_box) by 1 + this: the letters "
+                        "are a few %% of the pixels and of the plain loss (0 = the plain loss)")
+    p.add_argument("--until", type=int, default=None,
+                   help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--resume", action="store_true")
@@ -117,36 +122,56 @@ def train_vae(args):
 
 
 # ------------------------------------------------------------------------------------------------ stage dit
-class _Batches(torch.utils.data.Dataset):
-    """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts), for a DataLoader's workers."""
+def text_weights(samples, weight: float) -> torch.Tensor:
+    """(N, 1, H, W) loss weights: 1, and 1 + ``weight`` inside each sample's text box (the autoencoder does not
+    down-sample, so pixel boxes are latent boxes)."""
+    w = torch.ones(len(samples), 1, data.HEIGHT, data.WIDTH)
+    for i, s in enumerate(samples):
+        left, top, right, bottom = data.text_box(s)
+        w[i, :, top:bottom, left:right] += weight
+    return w
 
-    def __init__(self, seed, n, random_frac, fonts, max_letters):
+
+def weighted_mse(pred, target, w):
+    """Mean of ``w * (pred - target)^2`` over pixels and channels, divided by the mean weight, so that the loss
+    (and the lr it suits) keeps its scale; with all weights 1 it is ``F.mse_loss``."""
+    return ((pred - target) ** 2 * w).mean() / w.mean()
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts, loss weights), for a
+    DataLoader's workers."""
+
+    def __init__(self, seed, n, random_frac, fonts, max_letters, text_weight):
         self.seed, self.n, self.random_frac, self.fonts, self.max_letters = seed, n, random_frac, fonts, max_letters
+        self.text_weight = text_weight
 
     def __len__(self):
         return 10 ** 9
 
     def __getitem__(self, step):
-        images, prompts, _ = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts,
-                                               max_letters=self.max_letters)
-        return data.to_tensor(images), prompts
+        images, prompts, samples = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts,
+                                                     max_letters=self.max_letters)
+        return data.to_tensor(images), prompts, text_weights(samples, self.text_weight)
 
 
 def batches(args, start):
-    """(step, pixels, prompts) from ``start`` on: rendered here, or ahead in ``args.workers`` processes."""
+    """(step, pixels, prompts, loss weights) from ``start`` on: rendered here, or ahead in ``args.workers``
+    processes."""
     fonts = tuple(args.fonts.split(","))
     if not args.workers:
         step = start
         while True:
-            images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
-                                                   max_letters=args.max_letters)
-            yield step, data.to_tensor(images), prompts
+            images, prompts, samples = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
+                                                         max_letters=args.max_letters)
+            yield step, data.to_tensor(images), prompts, text_weights(samples, args.text_weight)
             step += 1
     loader = torch.utils.data.DataLoader(
-        _Batches(args.seed, args.batch, args.random_frac, fonts, args.max_letters), batch_size=None, num_workers=args.workers,
+        _Batches(args.seed, args.batch, args.random_frac, fonts, args.max_letters, args.text_weight), batch_size=None,
+        num_workers=args.workers,
         sampler=range(start, 10 ** 9), prefetch_factor=4, persistent_workers=True)
-    for step, (x, prompts) in enumerate(loader, start):
-        yield step, x, list(prompts)
+    for step, (x, prompts, w) in enumerate(loader, start):
+        yield step, x, list(prompts), w
 
 
 class MMDiTProber(Prober):
@@ -306,13 +331,14 @@ def train_dit(args):
     t_start = time.time()
     print(f"training from step {step} ({origin}); transformer {recipe['transformer_params']:,}", flush=True)
     stream = batches(args, step)
-    while step < args.steps:
+    end = args.steps if args.until is None else min(args.steps, args.until)
+    while step < end:
         t0 = time.time()
         for m in mods:
             m.train()
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args, start_step)
-        at, pixels, prompts = next(stream)
+        at, pixels, prompts, weights = next(stream)
         assert at == step
         ids = model.tokenize(tok, prompts)
         drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
@@ -324,7 +350,7 @@ def train_dit(args):
         xt = (1 - s) * x0 + s * noise
         e, p = model.encode(te1, te2, t5, ids.to(dev))
         pred = tr(hidden_states=xt, encoder_hidden_states=e, pooled_projections=p, timestep=s.flatten() * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+        loss = weighted_mse(pred, noise - x0, weights.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -334,10 +360,10 @@ def train_dit(args):
         wall += time.time() - t0
         log.loss(step, loss.item(), opt.param_groups[0]["lr"], wall)
         stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
-        if step % args.probe_every == 0 or step == args.steps or stop:
+        if step % args.probe_every == 0 or step == end or stop:
             ema.copy_to(shadow)
             last_probe = log.probe(step, wall, prober.measure(*shadow, t5, tok, vae))
-        if step % args.ckpt_every == 0 or step == args.steps or stop:
+        if step % args.ckpt_every == 0 or step == end or stop:
             log.flush()
             save()
         if stop:
@@ -349,6 +375,10 @@ def train_dit(args):
 def main(argv=None):
     args = parse_args(argv)
     data.train_combos(tuple(args.fonts.split(",")))  # an unknown face: SpecError before anything is built
+    if args.text_weight < 0:
+        from diffprobe.errors import SpecError
+
+        raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return
