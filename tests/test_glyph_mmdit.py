@@ -2,6 +2,9 @@
 tokenizer, prompt check, the shipped pipeline (stock SD3, loads by name), its catalogue, an exact patch, and template colours on never-trained words."""
 from __future__ import annotations
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -239,6 +242,33 @@ def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alon
     assert 3 <= len(d["letter_acc_by_slot"]) <= spell_data.MAX_LETTERS
     assert all(0.0 <= a <= 1.0 for a in d["letter_acc_by_slot"])
     assert d["word_effect_other_length"] > d["word_effect_same_length"] > 0  # the shipped model knows lengths
+    assert 0.0 <= d["single_letter_acc"] <= 1.0 and 1 <= d["distinct_guesses"] <= 26
+    letter, share = d["top_guess"].split()
+    assert letter.isalpha() and 1 / 26 <= float(share) <= 1.0
     rows = list(letter_test.run(WEIGHTS, "alone", steps=2, every=1))
     assert [r[0] for r in rows] == [0, 1, 2] and all(0.0 <= r[1] <= 1.0 for r in rows)
     assert digest() == before
+
+
+@needs_weights
+def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(tmp_path):
+    """training/gpu/mmdit.sh is run once on a lent GPU, unattended: here it runs on the CPU, a few steps a stage."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DEVICE="cpu", BATCH="2", MINUTES="0.12", WORKERS="0", THREADS="1", PROBE_EVERY="1000",
+               CKPT_EVERY="1000", OUT=str(tmp_path), RUN=str(tmp_path / "run"), PY=sys.executable)
+    done = subprocess.run(["bash", "training/gpu/mmdit.sh"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("stage ")] == [
+        "stage 1/4", "stage 2/4", "stage 3/4", "stage 4/4"]
+    with tarfile.open(tmp_path / "mmdit.tar") as tar:
+        names = tar.getnames()
+    assert "pipeline/transformer/diffusion_pytorch_model.safetensors" in names and "probe.csv" in names
+    state = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert state["step"] > 2800 and "letter embeddings re-drawn" in state["origin"]
+    assert state["recipe"]["fonts"] == "sans,serif,mono"  # the last stage is the full data

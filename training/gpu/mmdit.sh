@@ -1,14 +1,42 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (device tool, carry=[".gpu"], after training/gpu/bundle.sh here): continue glyph-mmdit's
-# training from the shipped weights for MINUTES (default 8) and write the run (EMA pipeline, logs) to
-# $OUT/mmdit.tar. Back here: training/gpu/unpack.sh <files_at>/mmdit.tar
+# training from the shipped weights, with the letter codes re-drawn, through the curriculum of the model card
+# (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces), MINUTES in all
+# (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/mmdit.tar.
+# Back here: training/gpu/unpack.sh <files_at>/mmdit.tar
+# CURRICULUM=0 trains on the full data only. DEVICE=cpu BATCH=4 MINUTES=1 OUT=/tmp/o runs it here, as the test does.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD DIFFPROBE_FONT_DIR=$PWD/.gpu/fonts PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -m training.mmdit.train --out /tmp/run --init-from diffprobe/zoo/glyph_mmdit/weights --zero-pooled --device cuda \
-  --batch "${BATCH:-256}" --lr "${LR:-4e-4}" --workers 12 --threads 4 --steps "${STEPS:-200000}" \
-  --probe-every 500 --ckpt-every 500 --max-minutes "${MINUTES:-8}" 2>&1 | grep -v Warning | tee /tmp/run.log | tail -40
-cp /tmp/run.log /tmp/run/train.log
-tar -cf "$OUT/mmdit.tar" -C /tmp/run pipeline loss.csv probe.csv train.json train.log
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD DIFFPROBE_FONT_DIR=$PWD/.gpu/fonts
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+RUN=${RUN:-/tmp/run}
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+rm -rf "$RUN" "$RUN.log"
+COMMON=(--out "$RUN" --zero-pooled --device "$DEVICE" --batch "${BATCH:-256}" --lr "${LR:-4e-4}" --steps "${STEPS:-200000}"
+        --workers "${WORKERS:-12}" --threads "${THREADS:-4}" --probe-every "${PROBE_EVERY:-500}" --ckpt-every "${CKPT_EVERY:-500}"
+        --text-weight "${TEXT_WEIGHT:-0}")
+START=(--init-from diffprobe/zoo/glyph_mmdit/weights --reinit-letters)
+if [ "${CURRICULUM:-1}" = 1 ]; then
+  STAGES=("--fonts mono --max-letters 1 --random-frac 1.0" "--fonts mono --max-letters 3 --random-frac 0.5" "--fonts mono" "")
+  read -r -a SHARES <<< "${STAGE_SHARES:-0.3 0.2 0.2 0.3}"
+else
+  STAGES=(""); SHARES=(1)
+fi
+for i in "${!STAGES[@]}"; do
+  minutes=$(python3 -c "print(${MINUTES:-8} * ${SHARES[$i]})")
+  echo "stage $((i + 1))/${#STAGES[@]}: ${STAGES[$i]:-full data} for $minutes min"
+  # shellcheck disable=SC2086
+  $PY -m training.mmdit.train "${COMMON[@]}" "${START[@]}" ${STAGES[$i]} --max-minutes "$minutes" 2>&1 \
+    | grep -v Warning | tee -a "$RUN.log" | tail -8
+  [ -f "$RUN/ckpt.pt" ] || { echo "stage $((i + 1)) wrote no checkpoint"; exit 1; }
+  START=(--resume)
+done
+cp "$RUN.log" "$RUN/train.log"
+tar -cf "$OUT/mmdit.tar" -C "$RUN" pipeline loss.csv probe.csv train.json train.log
 ls -la "$OUT"
