@@ -62,7 +62,7 @@ def is_hub_id(text: str) -> bool:
     return True
 
 
-def _zoo_model(name: str) -> tuple[Path, dict, Any]:
+def _zoo_model(name: str, need_weights: bool = True) -> tuple[Path, dict, Any]:
     """(folder, generation defaults, prompt check or None) of a model diffprobe ships: ``"glyph"`` or
     ``"glyph-mmdit"``."""
     if name == DEFAULT_MODEL:
@@ -75,12 +75,23 @@ def _zoo_model(name: str) -> tuple[Path, dict, Any]:
 
         path, train, check = Path(z.default_model_path()), "make train-mmdit", z.check_prompt
         defaults = {"height": z.HEIGHT, "width": z.WIDTH, "guidance": z.GUIDANCE, "call": dict(z.CALL)}
-    if not (path / "model_index.json").exists():
+    if need_weights and not (path / "model_index.json").exists():
         raise ModelLoadError(
             f"The embedded model {name!r}'s weights are missing at {path}. Train them with `{train}` "
             "or pass another model."
         )
     return path, defaults, check
+
+
+def _glyph_mmdit_snapshot(path: Path) -> bool:
+    """Whether ``path`` is a pipeline folder written by glyph-mmdit's trainer (a run's ``pipeline/`` or a
+    ``--snapshot``): its ``train_state.json`` records the transformer config the trainer builds. Such a folder
+    needs the shipped model's generation defaults (32x128 pixels, one T5 token) as much as the shipped one does."""
+    try:
+        state = json.loads((path / "train_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "transformer_config" in (state.get("recipe") or {})
 
 
 OFFLOADS = ("model", "sequential")
@@ -336,6 +347,11 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = 
             raise ModelLoadError(f"{text!r} is not a model name; pass a hub id, a folder, {DEFAULT_MODEL!r} or a :meta name.")
         path = Path(model).expanduser()
         if path.is_dir():
+            if _glyph_mmdit_snapshot(path):  # a training snapshot of glyph-mmdit: the shipped model's defaults
+                _, defaults, check = _zoo_model("glyph-mmdit", need_weights=False)
+                probe = Probe.from_nnsight(_load_local(path, placement), name=text, defaults=defaults)
+                probe.prompt_check = check
+                return probe
             return Probe.from_nnsight(_load_local(path, placement), name=text)
         if isinstance(model, str) and is_hub_id(model):
             return Probe.from_nnsight(_load_hub(model, placement), name=text)

@@ -205,6 +205,20 @@ def test_loads_by_name_with_joint_sites_and_its_defaults():
 
 
 @needs_weights
+def test_a_training_snapshot_loaded_by_path_gets_the_shipped_models_defaults_and_check(tmp_path):
+    import shutil
+
+    import diffprobe as dp
+
+    shutil.copytree(WEIGHTS, tmp_path / "pipeline")  # what a run's pipeline/ folder holds
+    probe = dp.load(str(tmp_path / "pipeline"))
+    assert probe.defaults == dp.load("glyph-mmdit").defaults and probe.prompt_check is glyph_mmdit.check_prompt
+    assert probe.generate('a red sign that says "AB"', steps=1).images.shape[1:3] == (32, 128)
+    (tmp_path / "pipeline" / "train_state.json").unlink()  # any other SD3 folder: no defaults guessed
+    assert dp.load(str(tmp_path / "pipeline")).defaults == {}
+
+
+@needs_weights
 def test_identity_patch_of_a_joint_block_changes_nothing_and_a_real_one_does():
     """Patch(source=the row's own prompt) at joint:4 leaves the image as it was (up to the rounding of batched
     kernels, 1/255: tests/test_engine.py proves the bit-exact K/V copy on every architecture); a patch from
