@@ -277,6 +277,8 @@ def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alon
     assert letter.isalpha() and 1 / 26 <= float(share) <= 1.0
     sampled = diagnose.sampled_letters(WEIGHTS, templates=(0,), steps=2)
     assert 0.0 <= sampled["sampled_letter_acc"] <= 1.0 and 1 <= sampled["sampled_distinct"] <= 26
+    (share,) = diagnose.letter_attention(WEIGHTS, blocks=(0,), templates=(0,), letters=("A", "Q"))
+    assert 0.0 < share < 1.0
     rows = list(letter_test.run(WEIGHTS, "alone", steps=2, every=1))
     assert [r[0] for r in rows] == [0, 1, 2] and all(0.0 <= r[1] <= 1.0 for r in rows)
     assert digest() == before

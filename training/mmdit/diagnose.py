@@ -16,7 +16,11 @@
   renders is nearest its own letter for 80% of letters x templates);
 - with ``--sample``: single letters GENERATED as a user would (the pipeline, 20 steps, guidance 4) on three
   templates, read by template matching (standardised grey, best of 25 shifts of +-2 px of each letter's
-  canonical render, inside the decorations; it reads 98% of jittered training renders right: its ceiling).
+  canonical render, inside the decorations; it reads 98% of jittered training renders right: its ceiling);
+- with ``--attention``: does a block SELECT the letter? With diffprobe's own attention maps (``attend``, first 3
+  of 10 steps), the letter token's share of the text attention of the image tokens inside the text box, per
+  joint block, for single letters on two templates. A block that ignores it gives the letter its uniform share
+  (1/25 = 0.04); one that reads it gives much more.
 """
 from __future__ import annotations
 
@@ -108,6 +112,27 @@ def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=(0, 3, 5)
     return dict(sampled_letter_acc=round(hits / n, 3), sampled_distinct=len(guesses), sampled_top=f"{top} {count / n:.2f}")
 
 
+def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), letters=LETTERS[::3]) -> list[float]:
+    """Per joint block: the mean share of the letter token in the text attention of the image tokens inside the
+    text box (single-letter prompts, steps 0-2 of 10)."""
+    import diffprobe as dp
+    from diffprobe.attention import attend, word_tokens
+
+    probe = dp.load(str(folder))
+    prompts = [(t, c, data.prompt(t, c, "mono")) for t in templates for c in letters]
+    shares = []
+    for b in blocks:
+        res = attend(probe, [p for *_, p in prompts], steps=10, sites=f"joint:{b}", window=range(0, 3))
+        per = []
+        for i, (t, c, p) in enumerate(prompts):
+            (tok,) = [k for k in word_tokens(res.tokens[i], p, f'"{c}"') if res.tokens[i][k].text == f"{c.lower()}1"]
+            left, top, right, bottom = data.text_box(data.canonical(t, c, "mono"), pad=0)
+            box = res.maps.values[i][:, top // 4:(bottom + 3) // 4, left // 4:(right + 3) // 4]  # 4x4-pixel tokens
+            per.append(float(box[tok].mean() / box.sum(0).mean()))
+        shares.append(round(sum(per) / len(per), 3))
+    return shares
+
+
 def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
     x0 = predictor(folder, raw)
     noise = torch.randn(len(prober.items), 4, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
@@ -136,6 +161,8 @@ def main(argv=None):
     p.add_argument("folders", type=pathlib.Path, nargs="+")
     p.add_argument("--raw", action="store_true", help="FOLDERS are run folders: diagnose their ckpt.pt's raw weights")
     p.add_argument("--sample", action="store_true", help="also generate single letters and read them (~1 min)")
+    p.add_argument("--attention", action="store_true",
+                   help="also the letter token's share of the text attention in the text box, per block (~2 min)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     prober = Prober()
@@ -143,6 +170,8 @@ def main(argv=None):
         d = diagnose(folder, prober, args.raw)
         if args.sample:
             d.update(sampled_letters(folder, args.raw))
+        if args.attention and not args.raw:
+            d["letter_attention_by_block"] = letter_attention(folder)
         print(folder, d, flush=True)
 
 
