@@ -67,24 +67,31 @@ train-spell: install
 	fi
 	$(PY) -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint
 
-# glyph-mmdit (docs/model-card-mmdit.md): continue $(MMDIT_RUN) bit for bit, or on a new machine warm-start from the
-# shipped weights (their autoencoder is kept); then refresh the shipped weights. From scratch: see the model card.
-# A curriculum stage writes only some words: run it with MMDIT_SHIP=no, e.g.
-#   make train-mmdit MMDIT_RUN=runs/mmdit5 MMDIT_SHIP=no MMDIT_ARGS="--reinit-letters --fonts mono --max-letters 1 --random-frac 1.0"
-# (--reinit-letters acts only on a warm start from the shipped weights, not on a resume).
+# glyph-mmdit (docs/model-card-mmdit.md): continue $(MMDIT_RUN) bit for bit when its full checkpoint is there;
+# on a new machine warm-start from the committed curriculum snapshot training/mmdit/checkpoint (weights, step count
+# and trained letter codes; AdamW restarts), or without it from the shipped weights with the letter codes re-drawn.
+# Then snapshot the run: into the shipped weights (MMDIT_SHIP=yes), or into training/mmdit/checkpoint
+# (MMDIT_SHIP=no: a curriculum stage, which writes only some words), e.g.
+#   make train-mmdit MMDIT_RUN=runs/mmdit6a MMDIT_SHIP=no MMDIT_ARGS="--fonts mono --max-letters 1 --random-frac 1.0"
 MMDIT_MINUTES ?= 60
 MMDIT_RECIPE = --zero-pooled --lr 4e-4 --steps 30000  # what runs 2-6 used (the parser's defaults are 5e-4, 100000)
 MMDIT_ARGS ?=
 MMDIT_RUN ?= runs/mmdit
 MMDIT_SHIP ?= yes
 MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
+MMDIT_CHECKPOINT = training/mmdit/checkpoint
 train-mmdit: install
 	if [ -f $(MMDIT_RUN)/ckpt.pt ]; then \
 	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --resume $(MMDIT_RECIPE) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	elif [ -f $(MMDIT_CHECKPOINT)/model_index.json ]; then \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_CHECKPOINT) $(MMDIT_RECIPE) \
+	    --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	else \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) $(MMDIT_RECIPE) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
+	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) --reinit-letters $(MMDIT_RECIPE) \
+	    --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
 	fi
-	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_WEIGHTS); fi
+	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_WEIGHTS); \
+	else $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_CHECKPOINT); fi
 
 clean:
 	rm -rf $(VENV) demo_out runs

@@ -294,7 +294,7 @@ def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(
 
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, DEVICE="cpu", BATCH="2", MINUTES="0.12", WORKERS="0", THREADS="1", PROBE_EVERY="1000",
-               CKPT_EVERY="1000", OUT=str(tmp_path), RUN=str(tmp_path / "run"), PY=sys.executable)
+               CKPT_EVERY="1000", OUT=str(tmp_path), RUN=str(tmp_path / "run"), PY=sys.executable, FROM=str(WEIGHTS))
     done = subprocess.run(["bash", "training/gpu/mmdit.sh"], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -304,5 +304,34 @@ def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(
         names = tar.getnames()
     assert "pipeline/transformer/diffusion_pytorch_model.safetensors" in names and "probe.csv" in names
     state = json.loads((tmp_path / "run" / "train.json").read_text())
-    assert state["step"] > 2800 and "letter embeddings re-drawn" in state["origin"]
+    start = json.loads((WEIGHTS / "train_state.json").read_text())["step"]
+    assert state["step"] > start and "letter embeddings re-drawn" in state["origin"]
     assert state["recipe"]["fonts"] == "sans,serif,mono"  # the last stage is the full data
+
+
+@needs_weights
+def test_a_warm_start_keeps_letter_codes_that_were_re_drawn_and_trained_already(tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    from training.mmdit.train import main
+
+    src = tmp_path / "checkpoint"
+    shutil.copytree(WEIGHTS, src)
+    state = json.loads((src / "train_state.json").read_text())
+    state["origin"] = "init-from runs/mmdit/pipeline (step 3600), letter embeddings re-drawn"  # a curriculum snapshot
+    (src / "train_state.json").write_text(json.dumps(state))
+    main(["--out", str(tmp_path / "run"), "--init-from", str(src), "--reinit-letters", "--zero-pooled", "--batch", "2",
+          "--threads", "1", "--until", str(state["step"] + 1), "--probe-every", "1000", "--ckpt-every", "1000"])
+    after = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert after["step"] == state["step"] + 1 and after["origin"].endswith("its letter codes kept")
+
+    def letter_rows(folder):
+        vocab = AutoTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
+        te = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder")
+        return te.text_model.embeddings.token_embedding.weight[[vocab[f"{c}1"] for c in "abc"]]
+
+    before, kept = letter_rows(src), letter_rows(tmp_path / "run" / "pipeline")
+    assert torch.allclose(before, kept, atol=1e-2)  # one step and the EMA; re-drawn codes would be unit-scale

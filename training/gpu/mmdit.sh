@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (device tool, carry=[".gpu"], after training/gpu/bundle.sh here): continue glyph-mmdit's
-# training from the shipped weights, with the letter codes re-drawn, through the curriculum of the model card
+# training from FROM (the committed curriculum snapshot training/mmdit/checkpoint; without it the shipped weights,
+# letter codes re-drawn) through the curriculum of the model card
 # (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces), MINUTES in all
 # (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/mmdit.tar.
 # Back here: training/gpu/unpack.sh <files_at>/mmdit.tar
@@ -21,7 +22,9 @@ rm -rf "$RUN" "$RUN.log"
 COMMON=(--out "$RUN" --zero-pooled --device "$DEVICE" --batch "${BATCH:-256}" --lr "${LR:-4e-4}" --steps "${STEPS:-200000}"
         --workers "${WORKERS:-12}" --threads "${THREADS:-4}" --probe-every "${PROBE_EVERY:-500}" --ckpt-every "${CKPT_EVERY:-500}"
         --text-weight "${TEXT_WEIGHT:-0}")
-START=(--init-from diffprobe/zoo/glyph_mmdit/weights --reinit-letters)
+FROM=${FROM:-training/mmdit/checkpoint}  # the committed curriculum snapshot, else the shipped weights
+[ -f "$FROM/model_index.json" ] || FROM=diffprobe/zoo/glyph_mmdit/weights
+START=(--init-from "$FROM" --reinit-letters)  # (the trainer keeps letter codes that were re-drawn and trained already)
 if [ "${CURRICULUM:-1}" = 1 ]; then
   STAGES=("--fonts mono --max-letters 1 --random-frac 1.0" "--fonts mono --max-letters 3 --random-frac 0.5" "--fonts mono" "")
   read -r -a SHARES <<< "${STAGE_SHARES:-0.3 0.2 0.2 0.3}"

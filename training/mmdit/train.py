@@ -281,7 +281,11 @@ def train_dit(args):
         wall = float(st.get("wall_seconds", 0.0))
         origin = f"init-from {args.init_from} (step {step})"
         vae_dir = args.init_from / "vae"
-        if args.reinit_letters:
+        if args.reinit_letters and "letter embeddings re-drawn" in st.get("origin", ""):
+            print(f"--reinit-letters ignored: {args.init_from}'s letter codes were re-drawn and trained already "
+                  f"({st['origin']})", flush=True)
+            origin += ", its letter codes kept"
+        elif args.reinit_letters:
             reinit_letters(te1, te2, tok, args.seed)
             origin += ", letter embeddings re-drawn"
     vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval().requires_grad_(False)
