@@ -15,8 +15,9 @@
   0.80, not 1: the true conditional mean of jittered renders is itself blurred (measured: the mean of 64 jittered
   renders is nearest its own letter for 80% of letters x templates);
 - with ``--sample``: single letters GENERATED as a user would (the pipeline, 20 steps, guidance 4) on three
-  templates, read by template matching (standardised grey, best of 25 shifts of +-2 px of each letter's
-  canonical render, inside the decorations; it reads 98% of jittered training renders right: its ceiling);
+  templates (``--sample-templates 11``: all), read by template matching (standardised grey, best of 25 shifts
+  of +-2 px of each letter's canonical render, inside the decorations; it reads 98% of jittered training
+  renders right: its ceiling);
 - with ``--attention``: does a block SELECT the letter? With diffprobe's own attention maps (``attend``, first 3
   of 10 steps), the letter token's share of the text attention of the image tokens inside the text box, per
   joint block, for single letters on two templates. A block that ignores it gives the letter its uniform share
@@ -92,7 +93,11 @@ def read_letters(images: torch.Tensor, template: int) -> torch.Tensor:
     return corr.amax(2).argmax(1)
 
 
-def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=(0, 3, 5), steps: int = 20) -> dict:
+#: the mono training templates in the order --sample takes them: the first three are the recorded default
+SAMPLE_ORDER = (0, 3, 5) + tuple(t for t, _ in data.train_combos(("mono",)) if t not in (0, 3, 5))
+
+
+def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_ORDER[:3], steps: int = 20) -> dict:
     from diffusers import StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
@@ -161,6 +166,8 @@ def main(argv=None):
     p.add_argument("folders", type=pathlib.Path, nargs="+")
     p.add_argument("--raw", action="store_true", help="FOLDERS are run folders: diagnose their ckpt.pt's raw weights")
     p.add_argument("--sample", action="store_true", help="also generate single letters and read them (~1 min)")
+    p.add_argument("--sample-templates", type=int, default=3, choices=range(1, 12),
+                   help="how many mono training templates --sample generates on (3: 78 images; 11: all, 286)")
     p.add_argument("--attention", action="store_true",
                    help="also the letter token's share of the text attention in the text box, per block (~2 min)")
     args = p.parse_args(argv)
@@ -169,7 +176,7 @@ def main(argv=None):
     for folder in args.folders:
         d = diagnose(folder, prober, args.raw)
         if args.sample:
-            d.update(sampled_letters(folder, args.raw))
+            d.update(sampled_letters(folder, args.raw, templates=SAMPLE_ORDER[:args.sample_templates]))
         if args.attention and not args.raw:
             d["letter_attention_by_block"] = letter_attention(folder)
         print(folder, d, flush=True)
