@@ -43,18 +43,28 @@ SAME_LENGTH = {4: ("OPEN", "FISH", "BANK", "LIME", "CROW", "JUMP"),
 LETTERS = [chr(65 + i) for i in range(26)]
 
 
-def _load_raw(pipe, run: pathlib.Path) -> None:
-    ck = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
-    for m, k in ((pipe.transformer, "tr"), (pipe.text_encoder, "te1"), (pipe.text_encoder_2, "te2")):
-        m.load_state_dict(ck[k])
-
-
-def predictor(folder: pathlib.Path, raw: bool = False):
+def _pipeline(folder: pathlib.Path, raw: bool = False):
+    """The snapshot's pipeline in fp32; with ``raw``, ``folder`` is a run folder and its ``ckpt.pt``'s raw (not
+    EMA) weights replace the transformer's and the CLIPs'."""
     from diffusers import StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
     if raw:
-        _load_raw(pipe, folder)
+        ck = torch.load(folder / "ckpt.pt", map_location="cpu", weights_only=False)
+        for m, k in ((pipe.transformer, "tr"), (pipe.text_encoder, "te1"), (pipe.text_encoder_2, "te2")):
+            m.load_state_dict(ck[k])
+    return pipe
+
+
+def _guesses(hits: int, guesses: collections.Counter) -> tuple[float, int, str]:
+    """(accuracy, distinct letters guessed, the commonest guess and its share)."""
+    n = sum(guesses.values())
+    top, count = guesses.most_common(1)[0]
+    return round(hits / n, 3), len(guesses), f"{top} {count / n:.2f}"
+
+
+def predictor(folder: pathlib.Path, raw: bool = False):
+    pipe = _pipeline(folder, raw)
     parts = (pipe.transformer.eval(), pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.tokenizer,
              pipe.vae)
     return lambda prompts, noise: model.predict_x0(*parts, prompts, noise)
@@ -70,10 +80,8 @@ def single_letters(x0) -> dict:
         guess = ((xs[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4)).argmin(1)
         hits += int((guess == torch.arange(26)).sum())
         guesses.update(LETTERS[int(i)] for i in guess)
-    n = 26 * len(templates)
-    top, count = guesses.most_common(1)[0]
-    return dict(single_letter_acc=round(hits / n, 3), distinct_guesses=len(guesses),
-                top_guess=f"{top} {count / n:.2f}")
+    acc, distinct, top = _guesses(hits, guesses)
+    return dict(single_letter_acc=acc, distinct_guesses=distinct, top_guess=top)
 
 
 def _standardised(x: torch.Tensor) -> torch.Tensor:
@@ -98,11 +106,7 @@ SAMPLE_ORDER = (0, 3, 5) + tuple(t for t, _ in data.train_combos(("mono",)) if t
 
 
 def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_ORDER[:3], steps: int = 20) -> dict:
-    from diffusers import StableDiffusion3Pipeline
-
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
-    if raw:
-        _load_raw(pipe, folder)
+    pipe = _pipeline(folder, raw)
     pipe.set_progress_bar_config(disable=True)
     hits, guesses = 0, collections.Counter()
     for t in templates:
@@ -112,9 +116,8 @@ def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_OR
         guess = read_letters(images * 2 - 1, t)
         hits += int((guess == torch.arange(26)).sum())
         guesses.update(LETTERS[int(i)] for i in guess)
-    n = 26 * len(templates)
-    top, count = guesses.most_common(1)[0]
-    return dict(sampled_letter_acc=round(hits / n, 3), sampled_distinct=len(guesses), sampled_top=f"{top} {count / n:.2f}")
+    acc, distinct, top = _guesses(hits, guesses)
+    return dict(sampled_letter_acc=acc, sampled_distinct=distinct, sampled_top=top)
 
 
 def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), letters=LETTERS[::3]) -> list[float]:
