@@ -284,6 +284,14 @@ def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alon
     assert digest() == before
 
 
+def test_diagnose_refuses_attention_on_raw_weights_before_loading_anything(capsys):
+    from training.mmdit import diagnose
+
+    with pytest.raises(SystemExit):
+        diagnose.main(["--raw", "--attention", "/nonexistent/run"])
+    assert "drop --raw" in capsys.readouterr().err
+
+
 @needs_weights
 def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(tmp_path):
     """training/gpu/mmdit.sh is run once on a lent GPU, unattended: here it runs on the CPU, a few steps a stage."""

@@ -124,7 +124,7 @@ def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), le
     """Per joint block: the mean share of the letter token in the text attention of the image tokens inside the
     text box (single-letter prompts, steps 0-2 of 10)."""
     import diffprobe as dp
-    from diffprobe.attention import attend, word_tokens
+    from diffprobe.attention import attend
 
     probe = dp.load(str(folder))
     prompts = [(t, c, data.prompt(t, c, "mono")) for t in templates for c in letters]
@@ -133,7 +133,7 @@ def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), le
         res = attend(probe, [p for *_, p in prompts], steps=10, sites=f"joint:{b}", window=range(0, 3))
         per = []
         for i, (t, c, p) in enumerate(prompts):
-            (tok,) = [k for k in word_tokens(res.tokens[i], p, f'"{c}"') if res.tokens[i][k].text == f"{c.lower()}1"]
+            (tok,) = [k.index for k in res.tokens[i] if k.text == f"{c.lower()}1"]  # the letter-in-slot-1 token
             left, top, right, bottom = data.text_box(data.canonical(t, c, "mono"), pad=0)
             box = res.maps.values[i][:, top // 4:(bottom + 3) // 4, left // 4:(right + 3) // 4]  # 4x4-pixel tokens
             per.append(float(box[tok].mean() / box.sum(0).mean()))
@@ -174,13 +174,15 @@ def main(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="also the letter token's share of the text attention in the text box, per block (~2 min)")
     args = p.parse_args(argv)
+    if args.attention and args.raw:
+        p.error("--attention reads a pipeline folder through diffprobe.load; drop --raw (it reads a run's ckpt.pt)")
     torch.set_num_threads(1)
     prober = Prober()
     for folder in args.folders:
         d = diagnose(folder, prober, args.raw)
         if args.sample:
             d.update(sampled_letters(folder, args.raw, templates=SAMPLE_ORDER[:args.sample_templates]))
-        if args.attention and not args.raw:
+        if args.attention:
             d["letter_attention_by_block"] = letter_attention(folder)
         print(folder, d, flush=True)
 

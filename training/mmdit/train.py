@@ -126,7 +126,7 @@ def text_weights(samples, weight: float) -> torch.Tensor:
     """(N, 1, H, W) loss weights: 1, and 1 + ``weight`` inside each sample's text box (the autoencoder does not
     down-sample, so pixel boxes are latent boxes)."""
     w = torch.ones(len(samples), 1, data.HEIGHT, data.WIDTH)
-    for i, s in enumerate(samples):
+    for i, s in enumerate(samples if weight else ()):  # the plain loss (the default) needs no text layout
         left, top, right, bottom = data.text_box(s)
         w[i, :, top:bottom, left:right] += weight
     return w
