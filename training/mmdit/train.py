@@ -16,7 +16,6 @@ checkpoint). Batches are a pure function of (seed, step).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from diffprobe.zoo import spell_data as data
-from training import runlog
+from training import runargs, runlog
 from training.glyph.train import EMA
 from training.spell.train import Prober, lr_factor, snapshot
 
@@ -35,25 +34,10 @@ from . import model
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = runargs.run_parser(__doc__, out="runs/mmdit", to="diffprobe/zoo/glyph_mmdit/weights", batch=32, lr=5e-4,
+                           warmup=200, threads=2, init_from_help="warm-start from a pipeline folder")
     p.add_argument("--stage", choices=("vae", "dit"), default="dit")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/mmdit"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=100000, help="total steps (the lr decays over the last 20%%)")
     p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--decay-from", type=float, default=0.8)
-    p.add_argument("--ema", type=float, default=0.998)
-    p.add_argument("--cfg-drop", type=float, default=0.1)
-    p.add_argument("--noisy-frac", type=float, default=0.5)
-    p.add_argument("--noisy-from", type=float, default=0.9)
-    p.add_argument("--random-frac", type=float, default=0.25)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--probe-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--zero-pooled", action="store_true",
                    help="zero and freeze both CLIPs' text_projection: the pooled prompt (SD3's adaLN input) becomes a "
                         "constant, so the prompt reaches the image only through joint attention")
@@ -71,11 +55,6 @@ def parse_args(argv=None):
                    help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--init-from", type=pathlib.Path, default=None, help="warm-start from a pipeline folder")
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--snapshot", type=pathlib.Path, default=None)
-    p.add_argument("--to", type=pathlib.Path, default=pathlib.Path("diffprobe/zoo/glyph_mmdit/weights"))
     return p.parse_args(argv)
 
 

@@ -18,7 +18,6 @@ Batches are a pure function of (seed, step) (diffprobe/zoo/spell_data.py: ``samp
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training import runlog
+from training import runargs, runlog
 from training.glyph.train import EMA, x0_from_v  # the same EMA and v -> x0 as glyph's
 
 from diffprobe.zoo import spell_data as data
@@ -40,33 +39,12 @@ from . import model
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/spell"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=100000, help="total steps (the lr decays over the last 20%%)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = runargs.run_parser(__doc__, out="runs/spell", to="training/spell/checkpoint", batch=16, lr=1e-3, warmup=100,
+                           threads=1, init_from_help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
     p.add_argument("--text-lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--decay-from", type=float, default=0.8)
-    p.add_argument("--ema", type=float, default=0.998)
-    p.add_argument("--cfg-drop", type=float, default=0.1)
-    p.add_argument("--noisy-frac", type=float, default=0.5)
-    p.add_argument("--noisy-from", type=float, default=0.9)
-    p.add_argument("--random-frac", type=float, default=0.25, help="fraction of random letter strings")
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--probe-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", action="store_true", help="fp32 (use on CPUs without native bf16: ~30x faster there)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (untested here: this machine has no GPU)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
-    p.add_argument("--init-from", type=pathlib.Path, default=None,
-                   help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
     p.add_argument("--unet-from", type=pathlib.Path, default=None,
                    help="warm-start only the UNet from a pipeline folder (e.g. diffprobe/zoo/glyph/weights)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
-    p.add_argument("--snapshot", type=pathlib.Path, default=None, help="copy RUN/pipeline to --to and exit")
-    p.add_argument("--to", type=pathlib.Path, default=pathlib.Path("training/spell/checkpoint"))
     return p.parse_args(argv)
 
 

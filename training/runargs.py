@@ -1,0 +1,34 @@
+"""The command-line arguments both second-generation trainers (``training.spell``, ``training.mmdit``) share:
+where a run lives and how it restarts, its schedule, its noise levels, its data mix and its probes. Each trainer
+passes its own defaults and adds its own arguments."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+
+def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: int, threads: int,
+               init_from_help: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(out))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100000, help="total steps (the lr decays over the last 20%%)")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--decay-from", type=float, default=0.8)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--cfg-drop", type=float, default=0.1)
+    p.add_argument("--noisy-frac", type=float, default=0.5)
+    p.add_argument("--noisy-from", type=float, default=0.9)
+    p.add_argument("--random-frac", type=float, default=0.25, help="fraction of random letter strings")
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--probe-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    p.add_argument("--init-from", type=pathlib.Path, default=None, help=init_from_help)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--snapshot", type=pathlib.Path, default=None, help="copy RUN/pipeline to --to and exit")
+    p.add_argument("--to", type=pathlib.Path, default=pathlib.Path(to))
+    return p
