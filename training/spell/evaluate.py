@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from diffprobe.zoo import spell_data as data
+from training.glyph.evaluate import save_grid
 
 DEFAULT_MODEL = pathlib.Path("training/spell/checkpoint")
 
@@ -126,17 +127,8 @@ def evaluate(model_dir=None, split="heldout", n=16, samples=1, steps=25, guidanc
     res.update(split=split, font=font if split != "combos" else "per combo", samples_per_prompt=samples,
                steps=steps, guidance=guidance, seed=seed, generate_seconds=round(gen_s, 1), generate_cpu_seconds=round(gen_cpu, 1), model=str(model_dir or DEFAULT_MODEL))
     if grid:
-        save_grid(images, grid)
+        save_grid(images, grid, cols=4)
     return res
-
-
-def save_grid(images, path, cols=4, scale=2):
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    g = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
-    for i, im in enumerate(images):
-        g.paste(im, ((i % cols) * w, (i // cols) * h))
-    g.resize((g.width * scale, g.height * scale), Image.NEAREST).save(path)
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from diffprobe.zoo import spell_data as data
+from training.glyph import model as glyph_model
 
 MAX_LENGTH = 77  # IFPipeline.encode_prompt always pads/truncates to 77 tokens
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -27,25 +28,10 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MARKERS = [f"#{k}" for k in range(1, data.MAX_LETTERS + 1)]
 END = "#end"
 
-UNET_CONFIG = dict(
-    sample_size=data.HEIGHT,  # IFPipeline uses sample_size for height and width: pass height=32, width=128
-    in_channels=3,
-    out_channels=6,  # IFPipeline splits 6 channels into (prediction, variance); the variance half is unused
-    # 32x128 -> 16x64 -> 8x32 -> 4x16 -> 2x8: the 2x8 bottleneck has one column per letter position.
-    # Same layer shapes as the shipped glyph UNet, so its weights can warm-start this one (--unet-from).
-    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn",
-    block_out_channels=(32, 64, 96, 128, 128),
-    layers_per_block=(1, 1, 1, 1, 2),
-    transformer_layers_per_block=1,
-    attention_head_dim=4,  # diffusers: this is the number of heads
-    cross_attention_dim=128,
-    norm_num_groups=16,
-    act_fn="silu",
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
+#: the shipped glyph UNet's config, unchanged: 32x128 -> 16x64 -> 8x32 -> 4x16 -> 2x8, so the 2x8 bottleneck has one
+#: column per letter position, and glyph's weights can warm-start this one (--unet-from; convolutions do not care
+#: about the image width, and IFPipeline takes height=32, width=128 at call time)
+UNET_CONFIG = glyph_model.UNET_CONFIG
 
 TEXT_CONFIG = dict(
     d_model=128,
@@ -104,14 +90,9 @@ def build_text_encoder(vocab_size: int):
     return T5EncoderModel(T5Config(vocab_size=vocab_size, **TEXT_CONFIG))
 
 
-def build_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**UNET_CONFIG)
-
-
-# The scheduler, the pipeline assembly and the IFPipeline-exact tokenization are glyph's (same schedule, same stock
-# IFPipeline, same 77-token padding); only the tokenizer, the text encoder and the UNet differ.
+# The UNet, the scheduler, the pipeline assembly and the IFPipeline-exact tokenization are glyph's (same UNet config,
+# same schedule, same stock IFPipeline, same 77-token padding); only the tokenizer and the text encoder differ.
 from training.glyph.model import (  # noqa: E402,F401  (re-exported for train/evaluate)
-    assemble_pipeline, build_inference_scheduler, build_train_scheduler, count_params, encode, preprocess, tokenize,
+    assemble_pipeline, build_inference_scheduler, build_train_scheduler, build_unet, count_params, encode, preprocess,
+    tokenize,
 )
