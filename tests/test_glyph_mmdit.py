@@ -276,6 +276,10 @@ def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alon
     assert 0.0 <= d["single_letter_acc"] <= 1.0 and 1 <= d["distinct_guesses"] <= 26
     letter, share = d["top_guess"].split()
     assert letter.isalpha() and 1 / 26 <= float(share) <= 1.0
+    assert len(d["top_guess_by_slot"]) == 4
+    for top in d["top_guess_by_slot"]:  # "M 0.52": the commonest guess in slots 1-4 and its share
+        letter, share = top.split()
+        assert letter.isalpha() and 1 / 26 <= float(share) <= 1.0
     sampled = diagnose.sampled_letters(WEIGHTS, templates=(0,), steps=2)
     assert 0.0 <= sampled["sampled_letter_acc"] <= 1.0 and 1 <= sampled["sampled_distinct"] <= 26
     (share,) = diagnose.letter_attention(WEIGHTS, blocks=(0,), templates=(0,), letters=("A", "Q"))

@@ -6,7 +6,9 @@
 (The EMA weights lag the raw ones by some 500 steps at decay 0.998: compare raw weights to judge a short run.)
 
 - letter accuracy per slot (spell's probe items and variants, mono letters; chance 1/26 = 0.038): which letters
-  of the word the model has learnt to draw, first letter first if it learns as a curriculum teaches;
+  of the word the model has learnt to draw, first letter first if it learns as a curriculum teaches; and the
+  commonest guess in slots 1-4 with its share (a slot the model has not learnt is a blur, nearest to the same
+  wide letter, M or W, whatever the word);
 - word effect between words of the SAME length vs of DIFFERENT lengths (mean |x0 difference|, same noise):
   a model that only knows how long the word is has a small first and a large second;
 - single letters (the curriculum's first stage, its gate): A-Z on every mono training template, unjittered, one
@@ -146,10 +148,13 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
     noise = torch.randn(len(prober.items), 4, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
     xs = torch.cat([x0(prober.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(prober.prompts), 32)])
     hits, seen = [0] * data.MAX_LETTERS, [0] * data.MAX_LETTERS
+    guesses = [collections.Counter() for _ in range(data.MAX_LETTERS)]
     for i, per in enumerate(prober.variants):
         for k, (vs, true) in enumerate(per):
-            hits[k] += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
+            guess = int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin())
+            hits[k] += guess == true
             seen[k] += 1
+            guesses[k][LETTERS[guess]] += 1
     one = noise[:1]
     pred = {n: x0([data.prompt(0, w, PROBE_FONT) for w in ws], one.expand(len(ws), -1, -1, -1))
             for n, ws in SAME_LENGTH.items()}
@@ -160,6 +165,7 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
     same = mean([(pred[n][i] - pred[n][j]).abs().mean().item() for n in pred for i in range(6) for j in range(i + 1, 6)])
     other = mean([(pred[4][i] - pred[6][j]).abs().mean().item() for i in range(6) for j in range(6)])
     return dict(letter_acc_by_slot=[round(h / s, 3) for h, s in zip(hits, seen) if s],
+                top_guess_by_slot=[_guesses(0, g)[2] for g in guesses[:4]],
                 word_effect_same_length=round(same, 4), word_effect_other_length=round(other, 4),
                 **single_letters(x0))
 
