@@ -27,7 +27,7 @@ FROM=${FROM:-training/mmdit/checkpoint}  # the committed curriculum snapshot, el
 START=(--init-from "$FROM" --reinit-letters)  # (the trainer keeps letter codes that were re-drawn and trained already)
 if [ "${CURRICULUM:-1}" = 1 ]; then
   STAGES=("--fonts mono --max-letters 1 --random-frac 1.0" "--fonts mono --max-letters 3 --random-frac 0.5" "--fonts mono" "")
-  read -r -a SHARES <<< "${STAGE_SHARES:-0.1 0.3 0.3 0.3}"  # the checkpoint has learnt single letters (stage 1 ran to step 13500)
+  read -r -a SHARES <<< "${STAGE_SHARES:-0.05 0.25 0.35 0.35}"  # the checkpoint has single letters (0.66) and slots 2-3 moving (step 18665)
 else
   STAGES=(""); SHARES=(1)
 fi
