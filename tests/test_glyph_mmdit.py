@@ -144,6 +144,15 @@ def test_word_list_is_wordfreqs_and_held_out_words_never_reach_a_training_batch(
         assert not {(s.template, s.font) for s in samples} & spell_data.HELD_OUT_COMBOS
 
 
+def test_stage_gate_word_lists_keep_the_split_and_the_length():
+    held, train = set(spell_data.held_out_words()), set(spell_data.train_words())
+    for n in (3, 5):
+        h, t = spell_data.eval_heldout(n), spell_data.eval_train(n)
+        assert len(h) >= 32 and len(t) == len(set(t)) == 64  # (there are 56 held-out words of 3 letters)
+        assert set(h) <= held and set(t) <= train and {len(w) for w in h + t} <= set(range(3, n + 1))
+    assert spell_data.eval_train()[:3] == ("THE", "LIKE", "OVER")  # the full-length lists are as before
+
+
 def test_check_prompt_names_what_the_model_cannot_write():
     assert glyph_mmdit.check_prompt('a red sign that says "Hello"') is None
     msg = glyph_mmdit.check_prompt('a red sign that says "R2D2"')

@@ -124,21 +124,26 @@ def held_out_words() -> tuple[str, ...]:
     return tuple(w for w in all_words() if is_held_out_word(w))
 
 
-def _eval_list(words, k):
-    ws = [w for w in words if 3 <= len(w) <= MAX_LETTERS]
+def _eval_list(words, k, max_letters):
+    ws = [w for w in words if 3 <= len(w) <= max_letters]
     return tuple(ws[:k])
 
 
 @functools.lru_cache(maxsize=None)
-def eval_heldout() -> tuple[str, ...]:
-    """64 frequent held-out words of 3-8 letters (never trained)."""
-    return _eval_list(held_out_words(), 64)
+def eval_heldout(max_letters: int = MAX_LETTERS) -> tuple[str, ...]:
+    """64 frequent held-out words of 3-8 letters (never trained); ``max_letters`` < 8: of 3 to that many letters
+    (a curriculum stage's gate)."""
+    return _eval_list(held_out_words(), 64, max_letters)
 
 
 @functools.lru_cache(maxsize=None)
-def eval_train() -> tuple[str, ...]:
-    """64 training words of 3-8 letters, spread over the frequency list (every 40th)."""
-    return _eval_list(train_words()[::40], 64)
+def eval_train(max_letters: int = MAX_LETTERS) -> tuple[str, ...]:
+    """64 training words of 3-8 letters, spread over the frequency list (every 40th); ``max_letters`` < 8: 64 of
+    3 to that many letters, spread likewise."""
+    if max_letters == MAX_LETTERS:
+        return _eval_list(train_words()[::40], 64, max_letters)
+    words = _eval_list(train_words(), len(all_words()), max_letters)
+    return words[::max(1, len(words) // 64)][:64]
 
 
 def random_string(rng: np.random.Generator, max_letters: int = MAX_LETTERS) -> str:

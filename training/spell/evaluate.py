@@ -1,11 +1,12 @@
 """Evaluate a spelling pipeline (`spell`'s IFPipeline or `glyph-mmdit`'s SD3 pipeline): generate signs for held-out and training words, read them with diffprobe's OCR.
 
     python -m training.spell.evaluate [--model training/spell/checkpoint] [--n 16] [--samples 1]
-        [--steps 25] [--guidance 4] [--font mono] [--out results.json] [--grid grid.png]
+        [--steps 25] [--guidance 4] [--font mono] [--max-letters 3] [--out results.json] [--grid grid.png]
 
 Splits: ``heldout`` = the first N of ``data.eval_heldout()`` (words never trained), ``train`` = the first N of
 ``data.eval_train()``, ``combos`` = training words on the held-out template x font combinations (needs a font
 in the prompt, so only with --font or for the combos' own fonts). Templates are cycled over the words.
+``--max-letters N`` keeps words of 3 to N letters (a curriculum stage's gate: ``--font mono --max-letters 3``).
 Scores: exact match and character F1 (diffprobe.metrics: ``read_texts``, ``exact_match``, ``char_f1``, and the
 set F1 2 mean(P) mean(R) / (mean P + mean R)), colour adherence (the nearest template by median background and
 text colour is the prompted one). Generation runs in fp32 by default: bf16 autocast is ~30x slower than fp32
@@ -81,13 +82,15 @@ def nearest_template(img: Image.Image) -> int:
     return int(np.argmin(d))
 
 
-def items_for(split: str, n: int, font: str | None):
+def items_for(split: str, n: int, font: str | None, max_letters: int = data.MAX_LETTERS):
     """(template, word, font-in-prompt) triples of a split, templates cycled, held-out combos avoided."""
     if split == "combos":
-        words = data.eval_train()
+        words = data.eval_train(max_letters)
         combos = sorted(data.HELD_OUT_COMBOS)
         return [(combos[i % len(combos)][0], words[i], combos[i % len(combos)][1]) for i in range(n)]
-    words = data.eval_heldout() if split == "heldout" else data.eval_train()
+    words = data.eval_heldout(max_letters) if split == "heldout" else data.eval_train(max_letters)
+    if n > len(words):
+        raise ValueError(f"{split}: only {len(words)} evaluation words of 3-{max_letters} letters, asked for {n}")
     out, i, t = [], 0, 0
     while len(out) < n:
         if font is None or (t % len(data.TEMPLATES), font) not in data.HELD_OUT_COMBOS:
@@ -115,9 +118,9 @@ def score(images, items) -> dict:
 
 
 def evaluate(model_dir=None, split="heldout", n=16, samples=1, steps=25, guidance=4.0, font=None, seed=0, batch=16,
-             bf16=False, grid=None, pipe=None) -> dict:
+             bf16=False, grid=None, pipe=None, max_letters=data.MAX_LETTERS) -> dict:
     pipe = pipe or load(model_dir)
-    items = [it for it in items_for(split, n, font) for _ in range(samples)]
+    items = [it for it in items_for(split, n, font, max_letters) for _ in range(samples)]
     prompts = [data.prompt(t, w, f) for t, w, f in items]
     seeds = [seed * 100003 + i for i in range(len(items))]
     t0, c0 = time.time(), time.process_time()
@@ -125,7 +128,7 @@ def evaluate(model_dir=None, split="heldout", n=16, samples=1, steps=25, guidanc
     gen_s, gen_cpu = time.time() - t0, time.process_time() - c0
     res = score(images, items)
     res.update(split=split, font=font if split != "combos" else "per combo", samples_per_prompt=samples,
-               steps=steps, guidance=guidance, seed=seed, generate_seconds=round(gen_s, 1), generate_cpu_seconds=round(gen_cpu, 1), model=str(model_dir or DEFAULT_MODEL))
+               max_letters=max_letters, steps=steps, guidance=guidance, seed=seed, generate_seconds=round(gen_s, 1), generate_cpu_seconds=round(gen_cpu, 1), model=str(model_dir or DEFAULT_MODEL))
     if grid:
         save_grid(images, grid, cols=4)
     return res
@@ -142,6 +145,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--font", default=None, choices=[None, *data.FONT_NAMES], help="name a font in the prompt")
+    ap.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(3, data.MAX_LETTERS + 1),
+                    help="only words of 3 to this many letters")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (slow on CPUs without native bf16)")
@@ -154,7 +159,8 @@ def main(argv=None):
     allres = {}
     for split in a.splits.split(","):
         grid = a.grid.with_name(f"{a.grid.stem}-{split}{a.grid.suffix}") if a.grid else None
-        res = evaluate(a.model, split, a.n, a.samples, a.steps, a.guidance, a.font, a.seed, a.batch, a.bf16, grid, pipe)
+        res = evaluate(a.model, split, a.n, a.samples, a.steps, a.guidance, a.font, a.seed, a.batch, a.bf16, grid, pipe,
+                       a.max_letters)
         allres[split] = res
         print(json.dumps({k: v for k, v in res.items() if k != "samples"}), flush=True)
         print(f"  {split} readings:", ", ".join(f'{s["word"]}->{s["ocr"]!r}' for s in res["samples"]), flush=True)
