@@ -74,7 +74,7 @@ train-spell: install
 # (MMDIT_SHIP=no: a curriculum stage, which writes only some words), e.g.
 #   make train-mmdit MMDIT_RUN=runs/mmdit6a MMDIT_SHIP=no MMDIT_ARGS="--fonts mono --max-letters 1 --random-frac 1.0"
 MMDIT_MINUTES ?= 60
-MMDIT_RECIPE = --zero-pooled --lr 4e-4 --steps 30000  # what runs 2-6 used (the parser's defaults are 5e-4, 100000)
+MMDIT_RECIPE = --zero-pooled --lr 4e-4 --steps 60000  # runs 2-7 (--steps 30000 until step ~21000: the lr is flat before 80% of --steps, so raising it changed nothing; the parser's defaults are 5e-4, 100000)
 MMDIT_ARGS ?=
 MMDIT_RUN ?= runs/mmdit
 MMDIT_SHIP ?= yes
