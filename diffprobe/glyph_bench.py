@@ -15,21 +15,29 @@ def glyph_pairs(n: int, seed: int = 0) -> list[PromptPair]:
     return _word_pairs(data, data.WORDS, n, seed)
 
 
-def spell_pairs(n: int, seed: int = 0) -> list[PromptPair]:
+def spell_pairs(n: int, seed: int = 0, max_letters: int | None = None, font: str | None = None) -> list[PromptPair]:
     """``n`` pairs for the open-vocabulary model ``glyph-mmdit``: one of its templates, two different words from
-    the HELD-OUT list (words the model never saw in training), no font asked for."""
+    the HELD-OUT list (words the model never saw in training), no font asked for. ``max_letters``: words of 3 to
+    that many letters only (a curriculum stage's words); ``font``: ask for that face, on the templates it is
+    trained with (never a held-out template x font combination)."""
     from .zoo import spell_data
 
-    return _word_pairs(spell_data, spell_data.eval_heldout(), n, seed)
+    words = spell_data.eval_heldout() if max_letters is None else spell_data.eval_heldout(max_letters)
+    if font is None:
+        return _word_pairs(spell_data, words, n, seed)
+    templates = [t for t, f in spell_data.train_combos((font,))]
+    return _word_pairs(spell_data, words, n, seed, templates, lambda t, w: spell_data.prompt(t, w, font))
 
 
-def _word_pairs(data, words, n: int, seed: int) -> list[PromptPair]:
-    """``n`` pairs on ``data``'s templates: a random template, two different ``words``, pair i seeded ``seed + i``."""
+def _word_pairs(data, words, n: int, seed: int, templates=None, prompt=None) -> list[PromptPair]:
+    """``n`` pairs on ``data``'s templates (or the indices ``templates``): a random template, two different
+    ``words``, pair i seeded ``seed + i``; ``prompt(template, word)`` defaults to ``data.prompt``."""
     rng = np.random.default_rng(seed)
+    prompt = prompt or data.prompt
     out = []
     for i in range(n):
-        t = int(rng.integers(len(data.TEMPLATES)))
+        t = int(rng.integers(len(data.TEMPLATES))) if templates is None else templates[int(rng.integers(len(templates)))]
         a, b = rng.choice(len(words), size=2, replace=False)
         wa, wb = words[int(a)], words[int(b)]
-        out.append(PromptPair(data.prompt(t, wa), data.prompt(t, wb), wa, wb, seed + i))
+        out.append(PromptPair(prompt(t, wa), prompt(t, wb), wa, wb, seed + i))
     return out

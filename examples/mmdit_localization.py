@@ -1,11 +1,13 @@
 """The paper's SD3 experiment on the embedded joint-attention model `glyph-mmdit`; writes a markdown summary.
 
     python examples/mmdit_localization.py [--pairs 16] [--t-starts 5,10,15] [--ts-sites 2] [--out runs/mmdit_science]
-        [--summary out.md]
+        [--summary out.md] [--model training/mmdit/checkpoint --max-letters 3 --font mono]
 
 1. Layer sweep: ``Patch`` one joint-attention block at a time (its K/V, image and text streams alike, taken
    from the target prompt's run in the same batch) from step 0 of 25, for N source/target pairs of words the
-   model never saw in training (``spell_pairs(N, seed=1)``: same template, another held-out word).
+   model never saw in training (``spell_pairs(N, seed=1)``: same template, another held-out word; with
+   ``--max-letters``/``--font``, held-out words of 3 to that many letters in that face: what a curriculum
+   snapshot such as ``training/mmdit/checkpoint`` writes).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
 3. Layer-count trade-off: the top 1, 2, 3, 5 and all blocks together.
 Scores as docs/science.md, plus "moved to target" from the pixels alone (see ``moved``): OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
@@ -44,13 +46,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/mmdit_science"))
     ap.add_argument("--summary", type=Path, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--model", default="glyph-mmdit", help="the shipped model, or a trainer snapshot's folder")
+    ap.add_argument("--max-letters", type=int, default=None, help="held-out words of 3 to this many letters only")
+    ap.add_argument("--font", default=None, help="ask for this face (mono, sans, serif)")
     args = ap.parse_args()
 
-    weights = sorted((glyph_mmdit.default_model_path() / "transformer").glob("*.safetensors"))[0]
+    folder = glyph_mmdit.default_model_path() if args.model == "glyph-mmdit" else Path(args.model)
+    weights = sorted((folder / "transformer").glob("*.safetensors"))[0]
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    probe = dp.load("glyph-mmdit")
-    pairs = tuple(spell_pairs(args.pairs, seed=1))
-    spec = Experiment(model="glyph-mmdit", pairs=pairs, intervention="patch", sites="joint:all", t_starts=(0,),
+    probe = dp.load(args.model)
+    pairs = tuple(spell_pairs(args.pairs, seed=1, max_letters=args.max_letters, font=args.font))
+    spec = Experiment(model=args.model, pairs=pairs, intervention="patch", sites="joint:all", t_starts=(0,),
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
     count_spec = count_follow_up(spec, ds)
@@ -66,7 +72,8 @@ def main() -> None:
     report = ds.dp.report(args.out / "report.html", counts=dc, title="glyph-mmdit: which joint-attention blocks write the text?")
 
     ci = summaries(ds)
-    lines = [f"Model `glyph-mmdit` (transformer weights sha256 {digest}), {len(pairs)} pairs of held-out words, "
+    lines = [f"Model `{args.model}` (transformer weights sha256 {digest}), {len(pairs)} pairs of held-out words"
+             + (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "") + ", "
              f"`Patch` (K/V from the target prompt's run), 25 steps, seed 0, guidance {glyph_mmdit.GUIDANCE}.", ""]
     lines += [f"Unpatched source images: OCR F1 to source {baseline(ds, 'source', 'ocr_f1_source'):.2f}, "
               f"to target {baseline(ds, 'source', 'ocr_f1_target'):.2f}; unpatched target images: OCR F1 to target "

@@ -175,6 +175,13 @@ def test_spell_bench_uses_held_out_words_and_is_the_default_for_glyph_mmdit():
     assert [p.to_dict() for p in _pairs(None, None, 6, 3, "glyph-mmdit")] == [p.to_dict() for p in pairs]
     with pytest.raises(SpecError, match="Did you mean 'spell'"):
         _pairs(None, "spel", 2, 0, "glyph-mmdit")
+    short = spell_pairs(12, seed=3, max_letters=3, font="mono")
+    for p in short:  # a curriculum stage's pairs: short held-out words, the face named, trained combinations only
+        assert {p.source_text, p.target_text} <= held and len(p.source_text) == len(p.target_text) == 3
+        [template] = [t for t in range(len(spell_data.TEMPLATES))
+                      if spell_data.prompt(t, p.source_text, "mono") == p.source_prompt]
+        assert (template, "mono") not in spell_data.HELD_OUT_COMBOS
+        assert p.target_prompt == spell_data.prompt(template, p.target_text, "mono")
 
 
 @needs_weights
