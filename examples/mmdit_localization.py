@@ -29,10 +29,11 @@ from diffprobe.zoo import glyph_mmdit
 from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, count_table, fmt, misreads, summaries, ts_table
 
 
-def moved(ds) -> np.ndarray:
+def moved(ds, group: str = "site") -> np.ndarray:
     """(pair, site): how far each patched image moved from the source image to the target image, from pixels
-    alone (no OCR): ``1 - MSE(patched, target) / MSE(source, target)``; 0 = unchanged, 1 = the target image."""
-    patched = ds.patched_image.isel(t_start=0, seed=0).transpose("pair", "site", ...).values.astype(float)
+    alone (no OCR): ``1 - MSE(patched, target) / MSE(source, target)``; 0 = unchanged, 1 = the target image.
+    ``group="n_sites"`` for a layer count's rows."""
+    patched = ds.patched_image.isel(t_start=0, seed=0).transpose("pair", group, ...).values.astype(float)
     source = ds.source_image.isel(seed=0).values.astype(float)[:, None]
     target = ds.target_image.isel(seed=0).values.astype(float)[:, None]
     return 1 - ((patched - target) ** 2).mean((2, 3, 4)) / ((source - target) ** 2).mean((2, 3, 4))
@@ -49,6 +50,9 @@ def main() -> None:
     ap.add_argument("--model", default="glyph-mmdit", help="the shipped model, or a trainer snapshot's folder")
     ap.add_argument("--max-letters", type=int, default=None, help="held-out words of 3 to this many letters only")
     ap.add_argument("--font", default=None, help="ask for this face (mono, sans, serif)")
+    ap.add_argument("--rank-by", choices=("f1", "moved"), default="f1",
+                    help="order of the layer count and t_s sweep: OCR F1 to the target (the paper's), or 'moved' "
+                         "(pixels; robust where OCR reads little)")
     args = ap.parse_args()
 
     folder = glyph_mmdit.default_model_path() if args.model == "glyph-mmdit" else Path(args.model)
@@ -60,15 +64,20 @@ def main() -> None:
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
     count_spec = count_follow_up(spec, ds)
+    suffix = ""
+    if args.rank_by == "moved":
+        order = np.argsort(-moved(ds).mean(0), kind="stable")
+        count_spec = count_spec.replace(sites=tuple(str(ds.site_label.values[i]) for i in order))
+        suffix = "-moved"
     ranked = count_spec.sites
     for name in ("timesteps", "counts"):
-        share_baselines(args.out / "layers", args.out / name)
-    dc = run(count_spec, probe=probe, store=args.out / "counts", progress=lambda d, n: print(f"counts {d}/{n}", flush=True))
+        share_baselines(args.out / "layers", args.out / (name + suffix))
+    dc = run(count_spec, probe=probe, store=args.out / ("counts" + suffix), progress=lambda d, n: print(f"counts {d}/{n}", flush=True))
     t_starts = tuple(int(t) for t in args.t_starts.split(",") if t.strip())
     dt = None
     if args.ts_sites and t_starts:
         ts_spec = spec.replace(sites=ranked[:args.ts_sites], t_starts=t_starts)
-        dt = run(ts_spec, probe=probe, store=args.out / "timesteps", progress=lambda d, n: print(f"t_s {d}/{n}", flush=True))
+        dt = run(ts_spec, probe=probe, store=args.out / ("timesteps" + suffix), progress=lambda d, n: print(f"t_s {d}/{n}", flush=True))
     report = ds.dp.report(args.out / "report.html", counts=dc, title="glyph-mmdit: which joint-attention blocks write the text?")
 
     ci = summaries(ds)
@@ -86,7 +95,9 @@ def main() -> None:
                      + " | ".join(fmt(ci, n, i, 0) for n in NAMES) + " |")
     if dt is not None:
         lines += ts_table(dt)
+    mc = moved(dc, "n_sites").mean(0)
     lines += count_table(dc, probe)
+    lines += ["", "Moved to target, layer-count rows in order: " + ", ".join(f"{m:.2f}" for m in mc) + "."]
     top_i = [str(s) for s in ds.site_label.values].index(ranked[0])
     missed = misreads(ds, top_i)
     lines += ["", f"Misreads at {ranked[0]} ({len(missed)}): " + ("; ".join(missed) or "none") + "."]
