@@ -22,7 +22,7 @@ def spell_pairs(n: int, seed: int = 0, max_letters: int | None = None, font: str
     trained with (never a held-out template x font combination)."""
     from .zoo import spell_data
 
-    words = spell_data.eval_heldout() if max_letters is None else spell_data.eval_heldout(max_letters)
+    words = spell_data.eval_heldout(max_letters or spell_data.MAX_LETTERS)
     if font is None:
         return _word_pairs(spell_data, words, n, seed)
     templates = [t for t, f in spell_data.train_combos((font,))]

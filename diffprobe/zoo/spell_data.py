@@ -124,7 +124,8 @@ def held_out_words() -> tuple[str, ...]:
     return tuple(w for w in all_words() if is_held_out_word(w))
 
 
-def _eval_list(words, k, max_letters):
+def _eval_list(words, k: int | None, max_letters):
+    """The first ``k`` (``None``: all) of ``words`` that have 3 to ``max_letters`` letters."""
     ws = [w for w in words if 3 <= len(w) <= max_letters]
     return tuple(ws[:k])
 
@@ -142,7 +143,7 @@ def eval_train(max_letters: int = MAX_LETTERS) -> tuple[str, ...]:
     3 to that many letters, spread likewise."""
     if max_letters == MAX_LETTERS:
         return _eval_list(train_words()[::40], 64, max_letters)
-    words = _eval_list(train_words(), len(all_words()), max_letters)
+    words = _eval_list(train_words(max_letters), None, max_letters)
     return words[::max(1, len(words) // 64)][:64]
 
 

@@ -22,6 +22,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
 from training.glyph.evaluate import save_grid
 
@@ -90,7 +91,8 @@ def items_for(split: str, n: int, font: str | None, max_letters: int = data.MAX_
         return [(combos[i % len(combos)][0], words[i], combos[i % len(combos)][1]) for i in range(n)]
     words = data.eval_heldout(max_letters) if split == "heldout" else data.eval_train(max_letters)
     if n > len(words):
-        raise ValueError(f"{split}: only {len(words)} evaluation words of 3-{max_letters} letters, asked for {n}")
+        raise SpecError(f"{split}: only {len(words)} evaluation words of 3-{max_letters} letters, asked for --n {n}; "
+                        f"choose --n <= {len(words)} or a larger --max-letters.", field="n")
     out, i, t = [], 0, 0
     while len(out) < n:
         if font is None or (t % len(data.TEMPLATES), font) not in data.HELD_OUT_COMBOS:
