@@ -56,14 +56,16 @@ class StudySettings:
     """What decides "localized"; recorded in ``localized.json``. Defaults are those of ``make demo``.
 
     Attributes:
-        metric: ranks sites and decides t_s and k (default OCR F1 to the target text, the paper's).
+        metric: ranks sites and decides t_s and k (default OCR F1 to the target text, the paper's; or
+            ``moved_target``, pixels moved towards the target prompt's image, where OCR reads little).
         top: sites carried from the single-site sweep into the step-window sweep.
         t_starts: step windows of stage 2; None: 0, steps/5 and 2*steps/5.
         keep: a later t_s, or fewer sites, is accepted while it keeps this share of the reference score.
         held_out: the last ``held_out`` pairs are kept for the confirmation only.
         steps, seeds, guidance: generation settings of every stage.
         sites, intervention: what to sweep; None: every text site, inject on cross sites, else patch.
-        metrics: metrics computed (default every metric but clip_t); must include ``metric``.
+        metrics: metrics computed (default every metric but clip_t); must include ``metric`` unless it is
+            derived in every result (``moved_target``).
         batch_size: variants per pipeline call (the unit of resume).
     """
 
@@ -105,7 +107,7 @@ class StudySettings:
 
     def _check_grid(self) -> None:
         from .errors import did_you_mean
-        from .metrics import DEFAULT_METRICS, validate
+        from .metrics import DEFAULT_METRICS, DERIVED, validate
 
         if self.t_starts is not None:
             ts = checks.int_list(self.t_starts, "t_starts", SpecError)
@@ -117,9 +119,10 @@ class StudySettings:
             computed = tuple(validate(list(self.metrics))) if self.metrics else tuple(DEFAULT_METRICS)
         except MetricError as exc:  # an unknown or repeated metric name
             raise SpecError(str(exc), field="metrics") from None
-        if self.metric not in computed:
-            raise SpecError(f"metric {self.metric!r} is not among the metrics computed ({', '.join(computed)})."
-                            + did_you_mean(self.metric, computed), field="metric")
+        if self.metric not in computed + DERIVED:
+            raise SpecError(f"metric {self.metric!r} is not among the metrics computed ({', '.join(computed)}) or "
+                            f"derived in every result ({', '.join(DERIVED)})." + did_you_mean(self.metric, computed + DERIVED),
+                            field="metric")
 
     def windows(self) -> tuple[int, ...]:
         if self.t_starts is not None:
@@ -399,7 +402,8 @@ def _localized(probe, base, study: StudySettings, d: _Decision, ds_confirm) -> L
 
 
 def _metric_phrase(metric: str) -> str:
-    return {"ocr_f1_target": "OCR F1", "exact_target": "exact-match rate"}.get(metric, metric)
+    return {"ocr_f1_target": "OCR F1", "exact_target": "exact-match rate",
+            "moved_target": "the share of the way to the target image (pixels)"}.get(metric, metric)
 
 
 def _n(count: int, noun: str) -> str:

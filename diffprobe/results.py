@@ -7,6 +7,9 @@ Layout of an experiment dataset (one vocabulary with the rest of diffprobe):
 - coords ``site_name``/``site_kind``/``site_label`` on ``site`` (``sites_used`` on ``n_sites``),
   ``source_prompt``/``target_prompt``/``source_text``/``target_text`` on ``pair``;
 - one float variable per metric on the cell grid, ``ocr_text`` (str) and ``done`` (bool);
+- ``moved_target`` on the cell grid in every dataset, derived from the stored images (not a spec metric,
+  so adding it changed no fingerprint): how far each image moved from the unpatched source image towards
+  the unpatched target image (:func:`diffprobe.metrics.image.moved`), with ``baseline_moved_target``;
 - ``patched_image`` (cell grid + y, x, rgb), ``source_image``/``target_image`` (pair, seed, y, x, rgb),
   ``source_ocr_text``/``target_ocr_text`` and ``baseline_<metric>`` (role, pair, seed);
 - attrs ``spec`` (JSON), ``fingerprint``, ``versions`` (JSON), ``model``, ``intervention`` (JSON),
@@ -37,7 +40,7 @@ import xarray as xr
 from .errors import ResultsError
 from .sites import Site
 
-__all__ = ["Layout", "Store", "assemble", "check_out", "open_results", "share_baselines", "versions"]
+__all__ = ["Layout", "Store", "add_derived", "assemble", "check_out", "open_results", "share_baselines", "versions"]
 
 ENGINE = "h5netcdf"
 
@@ -322,6 +325,7 @@ def assemble(spec, layout: Layout, store: Store) -> xr.Dataset:
     if images is not None:
         ds["patched_image"] = (dims + ["y", "x", "rgb"], images)
     _add_baselines(ds, spec, store)
+    add_derived(ds)
     ds.attrs.update(spec=spec.to_json(), fingerprint=spec.fingerprint(), versions=json.dumps(versions()),
                     model=spec.model, intervention=json.dumps(spec.intervention, sort_keys=True),
                     layout=json.dumps(layout.to_dict()))
@@ -365,13 +369,39 @@ def open_results(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if path.is_dir():
         if (path / "results.nc").exists():
-            return _checked(_open(path / "results.nc"), path / "results.nc")
+            return add_derived(_checked(_open(path / "results.nc"), path / "results.nc"))
         if (path / "spec.json").exists():
             return _reassemble(path)
         raise ResultsError(f"{path} is not a diffprobe results folder (no results.nc or spec.json).")
     if not path.exists():
         raise ResultsError(f"No results at {path}; pass the --out folder of a sweep or its results.nc.")
-    return _checked(_open(path), path)
+    return add_derived(_checked(_open(path), path))
+
+
+def add_derived(ds: xr.Dataset) -> xr.Dataset:
+    """Add the metrics derived from a dataset's stored images (``moved_target``), in place, when missing
+    (results written before they existed gain them on opening). Unfinished cells stay NaN."""
+    from .metrics.image import moved
+    from .metrics.registry import DERIVED
+
+    name = "moved_target"
+    if name in ds or not all(k in ds for k in ("patched_image", "source_image", "target_image")):
+        return ds
+    assert name in DERIVED
+    patched, src, tgt = ds.patched_image, ds.source_image.values, ds.target_image.values
+    dims = [d for d in patched.dims if d not in ("y", "x", "rgb")]
+    p_ax, s_ax = dims.index("pair"), dims.index("seed")
+    images, done = patched.values, ds["done"].transpose(*dims).values
+    out = np.full(done.shape, np.nan)
+    for idx in zip(*np.nonzero(done)):  # one image at a time: a sweep at 1024 px holds thousands of cells
+        out[idx] = moved(images[idx], src[idx[p_ax], idx[s_ax]], tgt[idx[p_ax], idx[s_ax]])
+    ds[name] = (dims, out)
+    base = np.full((2,) + src.shape[:2], np.nan)
+    for p, s in np.ndindex(*src.shape[:2]):
+        base[:, p, s] = [moved(img, src[p, s], tgt[p, s]) for img in (src[p, s], tgt[p, s])]
+    if "role" in ds.coords:
+        ds[f"baseline_{name}"] = (("role", "pair", "seed"), base)
+    return ds
 
 
 def _checked(ds: xr.Dataset, path: Path) -> xr.Dataset:

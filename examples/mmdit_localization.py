@@ -10,7 +10,7 @@
    snapshot such as ``training/mmdit/checkpoint`` writes).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
 3. Layer-count trade-off: the top 1, 2, 3, 5 and all blocks together.
-Scores as docs/science.md, plus "moved to target" from the pixels alone (see ``moved``): OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
+Scores as docs/science.md, plus "moved to target" from the pixels alone (diffprobe's ``moved_target``): OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
 source image, with 95% intervals over pairs. Resumable: rerun the same command after an interruption.
 """
 from __future__ import annotations
@@ -30,13 +30,9 @@ from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, count_t
 
 
 def moved(ds, group: str = "site") -> np.ndarray:
-    """(pair, site): how far each patched image moved from the source image to the target image, from pixels
-    alone (no OCR): ``1 - MSE(patched, target) / MSE(source, target)``; 0 = unchanged, 1 = the target image.
-    ``group="n_sites"`` for a layer count's rows."""
-    patched = ds.patched_image.isel(t_start=0, seed=0).transpose("pair", group, ...).values.astype(float)
-    source = ds.source_image.isel(seed=0).values.astype(float)[:, None]
-    target = ds.target_image.isel(seed=0).values.astype(float)[:, None]
-    return 1 - ((patched - target) ** 2).mean((2, 3, 4)) / ((source - target) ** 2).mean((2, 3, 4))
+    """(pair, site or n_sites): diffprobe's ``moved_target`` at t_s = 0, seed 0: how far each patched image moved
+    from the source image to the target image, from pixels alone; 0 = unchanged, 1 = the target image."""
+    return ds.moved_target.isel(t_start=0, seed=0).transpose("pair", group).values
 
 
 def main() -> None:
@@ -63,12 +59,8 @@ def main() -> None:
     spec = Experiment(model=args.model, pairs=pairs, intervention="patch", sites="joint:all", t_starts=(0,),
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
-    count_spec = count_follow_up(spec, ds)
-    suffix = ""
-    if args.rank_by == "moved":
-        order = np.argsort(-moved(ds).mean(0), kind="stable")
-        count_spec = count_spec.replace(sites=tuple(str(ds.site_label.values[i]) for i in order))
-        suffix = "-moved"
+    count_spec = count_follow_up(spec, ds, "moved_target" if args.rank_by == "moved" else "ocr_f1_target")
+    suffix = "-moved" if args.rank_by == "moved" else ""
     ranked = count_spec.sites
     for name in ("timesteps", "counts"):
         share_baselines(args.out / "layers", args.out / (name + suffix))

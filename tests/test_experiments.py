@@ -104,6 +104,9 @@ def test_joint_patch_sweep_on_tiny_sd3(sd3, tiny_dirs):
     ds = run(spec, probe=sd3)
     assert dict(ds["mse"].sizes) == {"pair": 2, "site": 3, "t_start": 2, "seed": 1}
     assert ds.dp.best_sites("mse", k=2).sizes["site"] == 2
+    assert dict(ds["moved_target"].sizes) == dict(ds["mse"].sizes)  # derived from the stored images
+    assert (ds["baseline_moved_target"].sel(role="source") == 0).all()
+    assert (ds["baseline_moved_target"].sel(role="target") == 1).all()
 
 
 def test_named_sweeps_share_the_one_runner(sdxl):

@@ -137,6 +137,7 @@ def test_settings_defaults_are_the_documented_ones():
     assert (s.metric, s.top, s.keep, s.held_out, s.steps, s.batch_size) == ("ocr_f1_target", 3, 0.9, 4, 25, 16)
     assert s.windows() == (0, 5, 10)
     assert StudySettings(steps=50).windows() == (0, 10, 20)
+    assert StudySettings(metric="moved_target", metrics=("mse",)).metric == "moved_target"  # in every result
     assert Localized.from_dict(Localized("m", ("cross:1",), ("a.attn2",), 2, 25, "ssim", 0.5, 0.4,
                                          {"kind": "inject"}, {"fraction": 0.1}).to_dict()).labels == ("cross:1",)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffprobe.errors import MetricError
-from diffprobe.metrics import mse, psnr, ssim
+from diffprobe.metrics import moved, mse, psnr, ssim
 
 C1 = (0.01 * 255) ** 2  # SSIM's luminance constant for data_range 255
 
@@ -58,3 +58,14 @@ def test_ssim_handles_small_and_greyscale_images():
 def test_shape_mismatch_is_refused():
     with pytest.raises(MetricError, match="same shape"):
         mse(constant(0, (4, 4, 3)), constant(0, (4, 5, 3)))
+
+
+def test_moved_is_the_share_of_the_way_from_source_to_target_hand_computed():
+    src, tgt = constant(10), constant(30)
+    assert moved(src, src, tgt) == 0.0 and moved(tgt, src, tgt) == 1.0
+    assert moved(constant(20), src, tgt) == pytest.approx(1 - 100 / 400)  # half-way in value: 3/4 of the MSE
+    assert moved(constant(50), src, tgt) == pytest.approx(1 - 400 / 400)   # past the target, as far from it as src
+    assert moved(constant(0), src, tgt) == pytest.approx(1 - 900 / 400)    # away from both: negative
+    assert math.isnan(moved(tgt, src, src.copy()))                          # identical references: nothing to move to
+    with pytest.raises(MetricError, match="same shape"):
+        moved(src, src, constant(30, (8, 8, 3)))

@@ -34,8 +34,9 @@ def test_registry_names_and_defaults():
     names = [name for name, _ in list_metrics()]
     assert set(REQUIRED) <= set(names)
     assert all(desc for _, desc in list_metrics())
-    assert DEFAULT_METRICS == [n for n in names if n != "clip_t"]
+    assert DEFAULT_METRICS == [n for n in names if n not in ("clip_t", "moved_target")]
     assert METRICS["mse"].needs == {"source_images"}
+    assert METRICS["moved_target"].needs == {"source_images", "target_images"}
     assert METRICS["ocr_f1_source"].needs == {"ocr"}
 
 
@@ -47,6 +48,14 @@ def test_unknown_metric_suggests_the_close_name():
     with pytest.raises(MetricError, match="no metrics"):
         validate([])
     assert validate("psnr") == ["psnr"]
+
+
+def test_a_derived_metric_is_not_asked_for_but_says_where_it_is():
+    with pytest.raises(MetricError, match=r"'moved_target' is in every result.*--metric moved_target"):
+        validate(["ocr_f1_target", "moved_target"])
+    with pytest.raises(MetricError) as err:
+        validate(["moved_targe"])
+    assert "moved_target" not in str(err.value).split("Valid metrics:")[1]  # offered only where it can be used
 
 
 def test_compute_with_given_ocr_texts_hand_checked():

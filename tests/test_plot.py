@@ -17,7 +17,7 @@ def ds():
 
 
 def test_metric_names_are_the_float_metrics(ds):
-    assert plot.metric_names(ds) == ["exact_target", "ocr_f1_source", "ocr_f1_target", "ssim"]
+    assert plot.metric_names(ds) == ["exact_target", "moved_target", "ocr_f1_source", "ocr_f1_target", "ssim"]
 
 
 def test_heatmap_site_by_t_start(ds):
@@ -73,7 +73,7 @@ def test_unknown_metric_names_the_metrics(ds, name):
         plot.heatmap(ds, metric=name)
     message = str(err.value)
     assert f"No metric {name!r}" in message
-    assert "exact_target, ocr_f1_source, ocr_f1_target, ssim" in message
+    assert "exact_target, moved_target, ocr_f1_source, ocr_f1_target, ssim" in message
     if name == "ocr_f1_targt":
         assert "Did you mean 'ocr_f1_target'" in message
 

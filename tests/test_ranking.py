@@ -7,7 +7,7 @@ from _synthetic import make_results
 
 import diffprobe  # noqa: F401  (registers ds.dp)
 from diffprobe.metrics import METRICS, lower_is_better
-from diffprobe.ranking import rank_sites, site_scores
+from diffprobe.ranking import metric_names, rank_sites, site_scores
 from diffprobe.report import top_sites
 
 
@@ -89,3 +89,19 @@ def test_the_length_view_stands_next_to_the_mean_f1(ds):
     assert "right length" in _sites_section(top, "ocr_f1_target")
     assert "length_match" not in ds.dp.best_sites("ocr_f1_target", k=2).coords  # absent without the metric
     assert "right length" not in _sites_section(rank_sites(ds, "ocr_f1_target", 2), "ocr_f1_target")
+
+
+def test_every_result_carries_moved_target_from_its_images(ds, tmp_path):
+    """make_results draws the target's image where F1 > 0.5 and the source's elsewhere: moved is exactly 1 or 0."""
+    from diffprobe.results import open_results
+
+    expect = (ds["ocr_f1_target"] > 0.5).astype(float).where(ds["done"])
+    np.testing.assert_array_equal(ds["moved_target"].transpose(*expect.dims).values, expect.values)
+    assert np.isnan(ds["moved_target"].values[~ds["done"].values]).all()
+    np.testing.assert_array_equal(ds["baseline_moved_target"].sel(role="source").values, 0.0)
+    np.testing.assert_array_equal(ds["baseline_moved_target"].sel(role="target").values, 1.0)
+    assert rank_sites(ds, "moved_target")[0].index == 2 and "moved_target" in metric_names(ds)
+    old = ds.drop_vars(["moved_target", "baseline_moved_target"])  # a file written before the metric existed
+    old.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    reopened = open_results(tmp_path / "old.nc")
+    np.testing.assert_array_equal(reopened["moved_target"].values, ds["moved_target"].values)

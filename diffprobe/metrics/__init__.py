@@ -4,11 +4,11 @@ See ``docs/metrics.md`` for the definitions (diffprobe's own and, side by side, 
 the per-sample functions are re-exported for notebooks.
 """
 from diffprobe.metrics.clip import clip_score
-from diffprobe.metrics.image import mse, psnr, ssim
+from diffprobe.metrics.image import moved, mse, psnr, ssim
 from diffprobe.metrics.ocr import ENGINES as OCR_ENGINES
 from diffprobe.metrics.ocr import read_text, read_texts
 from diffprobe.metrics.registry import (
-    DEFAULT_METRICS, METRICS, compute, list_metrics, lower_is_better, unavailable, validate,
+    DEFAULT_METRICS, DERIVED, METRICS, compute, list_metrics, lower_is_better, unavailable, validate,
 )
 from diffprobe.metrics.text import (
     char_f1, char_precision_recall, exact_match, length_error, length_match, levenshtein, paper_accuracy,
@@ -34,6 +34,7 @@ __all__ = [
     "mse",
     "psnr",
     "ssim",
+    "moved",
     "clip_score",
     "compute",
     "list_metrics",
@@ -42,4 +43,5 @@ __all__ = [
     "unavailable",
     "METRICS",
     "DEFAULT_METRICS",
+    "DERIVED",
 ]

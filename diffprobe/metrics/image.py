@@ -10,7 +10,15 @@ which wraps around (``np.uint8(3) - np.uint8(5) == 254``) and inflates the error
     SSIM = structural similarity (Wang et al. 2004) via scikit-image, data_range=255,
            colour channels averaged (channel_axis=-1), 7x7 window shrunk to fit small images.
 
-Each function takes one pair of images of the same shape, (height, width, 3) or (height, width).
+    moved = 1 - MSE(image, target) / MSE(source, target)
+           how far an image moved from the unpatched source image towards the unpatched *target* image
+           (the target prompt's, same seed), from pixels alone: 0 = unchanged, 1 = the target's image,
+           NaN when the two unpatched images are identical (nothing to move towards).
+
+``mse``, ``psnr`` and ``ssim`` take one pair of images of the same shape, (height, width, 3) or (height,
+width); ``moved`` takes three. ``moved`` ranks sites where OCR reads little: a small model's own target
+images may read ~0.5, and OCR F1 of a few pairs then ranks noise, while the pixels still show which site
+carried the target prompt into the image.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from jaxtyping import Shaped
 
 from diffprobe.errors import MetricError
 
-__all__ = ["mse", "psnr", "ssim"]
+__all__ = ["mse", "psnr", "ssim", "moved"]
 
 MAX_VALUE = 255.0
 Image = Shaped[np.ndarray, "height width *channel"]
@@ -50,6 +58,17 @@ def ssim(a: Image, b: Image) -> float:
     win = min(7, side if side % 2 else side - 1)
     channel_axis = -1 if x.ndim == 3 else None
     return float(structural_similarity(x, y, data_range=MAX_VALUE, channel_axis=channel_axis, win_size=win))
+
+
+def moved(image: Image, source: Image, target: Image) -> float:
+    """``1 - MSE(image, target) / MSE(source, target)``: 0 for the source image, 1 for the target image,
+    negative when the image moved away from both; NaN when source and target are identical."""
+    x, s = _pair(image, source, "moved")
+    _, t = _pair(image, target, "moved")
+    span = float(np.mean((s - t) ** 2))
+    if span == 0.0:
+        return float("nan")
+    return 1.0 - float(np.mean((x - t) ** 2)) / span
 
 
 def _pair(a: Image, b: Image, name: str) -> tuple[np.ndarray, np.ndarray]:

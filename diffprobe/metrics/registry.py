@@ -11,6 +11,11 @@ and against the *source* text (is the old word gone?). Image metrics compare eac
 unpatched image of the same pair and seed. ``clip_t`` needs local CLIP weights and is not in
 ``DEFAULT_METRICS``; ``unavailable`` says which metrics cannot run here and why.
 
+``DERIVED`` metrics (``moved_target``: how far the image moved from the unpatched source image towards
+the unpatched target image, from pixels) are not asked for in a spec: every results dataset carries
+them, computed from the images it stores (:func:`diffprobe.results.add_derived`), so they rank sites
+and colour reports like any metric (``--metric moved_target``) without changing a spec's fingerprint.
+
 The ``paper_*`` metrics reproduce the paper's evaluation code (looser than diffprobe's own
 ``ocr_*`` / ``exact_*`` / ``lev_*``; see ``diffprobe.metrics.text``); they are cheap once OCR ran,
 so they are in ``DEFAULT_METRICS`` and sweeps record both. The paper's F1 of a set of samples is
@@ -31,10 +36,10 @@ from diffprobe.metrics import image as _image
 from diffprobe.metrics import ocr as _ocr
 from diffprobe.metrics import text as _text
 
-__all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "compute", "list_metrics", "validate", "unavailable",
+__all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "DERIVED", "compute", "list_metrics", "validate", "unavailable",
            "lower_is_better"]
 
-NEEDS = frozenset({"ocr", "source_images", "prompts", "clip"})
+NEEDS = frozenset({"ocr", "source_images", "target_images", "prompts", "clip"})
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,14 @@ METRICS: dict[str, Metric] = {
         Metric("ssim", "SSIM vs the unpatched source image (scikit-image, data_range 255)", _IMAGE, _image.ssim),
         Metric("clip_t", "CLIPScore 2.5*max(cos,0) of image vs prompt (needs local CLIP weights)",
                frozenset({"prompts", "clip"})),
+        Metric("moved_target", "1 - MSE(image, target image) / MSE(source image, target image): 0 unchanged, 1 = the "
+               "target prompt's unpatched image (pixels, no OCR; in every result, derived from its images)",
+               frozenset({"source_images", "target_images"}), _image.moved),
     ]
 }
-DEFAULT_METRICS: list[str] = [name for name in METRICS if name != "clip_t"]
+#: computed from a results dataset's stored images (diffprobe.results.add_derived), never asked for in a spec
+DERIVED: tuple[str, ...] = ("moved_target",)
+DEFAULT_METRICS: list[str] = [name for name in METRICS if name != "clip_t" and name not in DERIVED]
 
 
 def list_metrics() -> list[tuple[str, str]]:
@@ -134,10 +144,12 @@ def validate(names: Sequence[str]) -> list[str]:
     if not names:
         raise MetricError(f"no metrics selected; choose from {sorted(METRICS)}.")
     for name in names:
+        if name in DERIVED:
+            raise MetricError(f"{name!r} is in every result (derived from the images a sweep stores); leave it out of "
+                              "the metrics to compute and rank or report by it directly (--metric " + name + ").")
         if name not in METRICS:
-            raise MetricError(
-                f"unknown metric {name!r}.{did_you_mean(name, METRICS)} Valid metrics: {', '.join(METRICS)}."
-            )
+            valid = [m for m in METRICS if m not in DERIVED]
+            raise MetricError(f"unknown metric {name!r}.{did_you_mean(name, valid)} Valid metrics: {', '.join(valid)}.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise MetricError(f"metrics listed more than once: {repeated}.")
