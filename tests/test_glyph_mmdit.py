@@ -364,3 +364,20 @@ def test_a_warm_start_keeps_letter_codes_that_were_re_drawn_and_trained_already(
 
     before, kept = letter_rows(src), letter_rows(tmp_path / "run" / "pipeline")
     assert torch.allclose(before, kept, atol=1e-2)  # one step and the EMA; re-drawn codes would be unit-scale
+
+
+def test_the_spell_trainer_takes_the_same_curriculum_options(tmp_path):
+    """`training.spell.train` shares --fonts/--max-letters/--until with the mmdit trainer (training/runargs.py): an
+    unknown face is refused before a model is built, and a stage stops at --until with a checkpoint."""
+    from diffprobe.errors import SpecError
+    from training.spell.train import main
+
+    with pytest.raises(SpecError, match="comic"):
+        main(["--fonts", "comic", "--out", "/nonexistent/never-made"])
+    src = pathlib.Path(__file__).resolve().parent.parent / "training" / "spell" / "checkpoint"
+    start = json.loads((src / "train_state.json").read_text())["step"]
+    main(["--out", str(tmp_path / "run"), "--init-from", str(src), "--no-bf16", "--batch", "2", "--fonts", "mono",
+          "--max-letters", "1", "--until", str(start + 1), "--probe-every", "1000", "--ckpt-every", "1000"])
+    state = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert state["step"] == start + 1 and (tmp_path / "run" / "ckpt.pt").exists()
+    assert (state["recipe"]["fonts"], state["recipe"]["max_letters"]) == ("mono", 1)

@@ -1,10 +1,13 @@
 """The command-line arguments both second-generation trainers (``training.spell``, ``training.mmdit``) share:
-where a run lives and how it restarts, its schedule, its noise levels, its data mix and its probes. Each trainer
+where a run lives and how it restarts, its schedule, its noise levels, its data mix (and the curriculum: ``--fonts``, ``--max-letters``, ``--until``) and its
+probes. Each trainer
 passes its own defaults and adds its own arguments."""
 from __future__ import annotations
 
 import argparse
 import pathlib
+
+from diffprobe.zoo import spell_data as data
 
 
 def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: int, threads: int,
@@ -22,6 +25,12 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
     p.add_argument("--noisy-frac", type=float, default=0.5)
     p.add_argument("--noisy-from", type=float, default=0.9)
     p.add_argument("--random-frac", type=float, default=0.25, help="fraction of random letter strings")
+    p.add_argument("--fonts", default=",".join(data.FONT_NAMES),
+                   help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
+    p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(1, data.MAX_LETTERS + 1),
+                   help="train on words of at most this many letters (a curriculum: short words first)")
+    p.add_argument("--until", type=int, default=None,
+                   help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--probe-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=threads)
@@ -32,3 +41,10 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
     p.add_argument("--snapshot", type=pathlib.Path, default=None, help="copy RUN/pipeline to --to and exit")
     p.add_argument("--to", type=pathlib.Path, default=pathlib.Path(to))
     return p
+
+
+def fonts(args) -> tuple[str, ...]:
+    """``--fonts`` as a tuple, checked: an unknown face is a SpecError before any model is built."""
+    faces = tuple(args.fonts.split(","))
+    data.train_combos(faces)
+    return faces

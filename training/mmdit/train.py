@@ -44,15 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--reinit-letters", action="store_true",
                    help="(warm start) re-draw the letter tokens' embeddings in both CLIPs as std-1 codes "
                         "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
-    p.add_argument("--fonts", default=",".join(data.FONT_NAMES),
-                   help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
-    p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(1, data.MAX_LETTERS + 1),
-                   help="train on words of at most this many letters (a curriculum: short words first)")
     p.add_argument("--text-weight", type=float, default=0.0,
                    help="weight the loss inside each sample's text box (spell_data.text_box) by 1 + this: the letters "
                         "are a few %% of the pixels and of the plain loss (0 = the plain loss)")
-    p.add_argument("--until", type=int, default=None,
-                   help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--workers", type=int, default=0,
                    help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     return p.parse_args(argv)
@@ -357,7 +351,7 @@ def train_dit(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    data.train_combos(tuple(args.fonts.split(",")))  # an unknown face: SpecError before anything is built
+    runargs.fonts(args)  # an unknown face: SpecError before anything is built
     if args.text_weight < 0:
         from diffprobe.errors import SpecError
 

@@ -187,6 +187,7 @@ def load_from(folder: pathlib.Path, unet, te=None):
 # ------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
+    fonts = runargs.fonts(args)  # an unknown face: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return
@@ -263,11 +264,13 @@ def main(argv=None):
     unet.train(), te.train()
     t_start = time.time()
     print(f"training from step {step} ({origin}); unet {recipe['unet_params']:,} text {recipe['text_params']:,}", flush=True)
-    while step < args.steps:
+    end = args.steps if args.until is None else min(args.steps, args.until)
+    while step < end:
         t0 = time.time()
         for g, base in zip(opt.param_groups, (args.lr, args.text_lr)):
             g["lr"] = base * lr_factor(step, args, start_step)
-        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac)
+        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
+                                               max_letters=args.max_letters)
         x0 = data.to_tensor(images).to(dev)
         ids, mask = model.tokenize(tok, prompts)
         drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
@@ -293,9 +296,9 @@ def main(argv=None):
         wall += time.time() - t0
         log.loss(step, loss.item(), opt.param_groups[0]["lr"], wall)
         stop = args.max_minutes is not None and (time.time() - t_start) / 60 >= args.max_minutes
-        if step % args.probe_every == 0 or step == args.steps or stop:
+        if step % args.probe_every == 0 or step == end or stop:
             last_probe = log.probe(step, wall, run_probe())
-        if step % args.ckpt_every == 0 or step == args.steps or stop:
+        if step % args.ckpt_every == 0 or step == end or stop:
             log.flush()
             save()
         if stop:
