@@ -1,7 +1,7 @@
 """The command-line arguments both second-generation trainers (``training.spell``, ``training.mmdit``) share:
-where a run lives and how it restarts, its schedule, its noise levels, its data mix (and the curriculum: ``--fonts``, ``--max-letters``, ``--until``) and its
-probes. Each trainer
-passes its own defaults and adds its own arguments."""
+where a run lives and how it restarts, its schedule, its noise levels, its data mix (with the curriculum's
+``--fonts``, ``--max-letters``, ``--until``) and its probes. Each trainer passes its own defaults and adds its
+own arguments."""
 from __future__ import annotations
 
 import argparse

@@ -131,7 +131,7 @@ class _Batches(torch.utils.data.Dataset):
 def batches(args, start):
     """(step, pixels, prompts, loss weights) from ``start`` on: rendered here, or ahead in ``args.workers``
     processes."""
-    fonts = tuple(args.fonts.split(","))
+    fonts = runargs.fonts(args)
     if not args.workers:
         step = start
         while True:
