@@ -109,7 +109,8 @@ def test_text_weighted_loss_is_the_plain_loss_at_weight_zero_and_weights_only_th
     import torch
     import torch.nn.functional as F
 
-    from training.mmdit.train import main, text_weights, weighted_mse
+    from training.batches import text_weights, weighted_mse
+    from training.mmdit.train import main
     from diffprobe.errors import SpecError
 
     _, _, samples = spell_data.sample_batch(0, 2, 4, max_letters=1, random_frac=1.0, fonts=("mono",))
@@ -314,28 +315,61 @@ def test_diagnose_refuses_attention_on_raw_weights_before_loading_anything(capsy
 
 
 @needs_weights
-def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(tmp_path):
-    """training/gpu/mmdit.sh is run once on a lent GPU, unattended: here it runs on the CPU, a few steps a stage."""
+def run_gpu_recipe(tmp_path, model: str, start_from: pathlib.Path, workers: int, curriculum: bool = True) -> dict:
+    """training/gpu/curriculum.sh is run once on a lent GPU, unattended: here it runs on the CPU, a few steps a
+    stage; returns the run's train.json after checking the stages (four, or the full data alone) and its tar."""
     import os
     import subprocess
     import sys
     import tarfile
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, DEVICE="cpu", BATCH="2", MINUTES="0.12", WORKERS="0", THREADS="1", PROBE_EVERY="1000",
-               CKPT_EVERY="1000", OUT=str(tmp_path), RUN=str(tmp_path / "run"), PY=sys.executable, FROM=str(WEIGHTS))
-    done = subprocess.run(["bash", "training/gpu/mmdit.sh"], cwd=root, env=env, capture_output=True, text=True,
+    env = dict(os.environ, MODEL=model, DEVICE="cpu", BATCH="2", MINUTES="0.12", WORKERS=str(workers), THREADS="1",
+               PROBE_EVERY="1000", CKPT_EVERY="1000", OUT=str(tmp_path), RUN=str(tmp_path / "run"), PY=sys.executable,
+               FROM=str(start_from), CURRICULUM=str(int(curriculum)))
+    done = subprocess.run(["bash", "training/gpu/curriculum.sh"], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("stage ")] == [
-        "stage 1/4", "stage 2/4", "stage 3/4", "stage 4/4"]
-    with tarfile.open(tmp_path / "mmdit.tar") as tar:
+    stages = [f"stage {i}/4" for i in range(1, 5)] if curriculum else ["stage 1/1"]
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("stage ")] == stages
+    with tarfile.open(tmp_path / f"{model}.tar") as tar:
         names = tar.getnames()
-    assert "pipeline/transformer/diffusion_pytorch_model.safetensors" in names and "probe.csv" in names
+    assert "pipeline/model_index.json" in names and "probe.csv" in names
     state = json.loads((tmp_path / "run" / "train.json").read_text())
-    start = json.loads((WEIGHTS / "train_state.json").read_text())["step"]
-    assert state["step"] > start and "letter embeddings re-drawn" in state["origin"]
+    assert state["step"] > json.loads((start_from / "train_state.json").read_text())["step"]
     assert state["recipe"]["fonts"] == "sans,serif,mono"  # the last stage is the full data
+    return state
+
+
+def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(tmp_path):
+    state = run_gpu_recipe(tmp_path, "mmdit", WEIGHTS, workers=0)
+    assert "letter embeddings re-drawn" in state["origin"]
+
+
+def test_the_gpu_recipe_trains_spell_too_with_batches_rendered_in_a_worker(tmp_path):
+    spell = pathlib.Path(__file__).resolve().parents[1] / "training" / "spell" / "checkpoint"
+    state = run_gpu_recipe(tmp_path, "spell", spell, workers=1, curriculum=False)  # (the stages: the test above)
+    assert state["recipe"]["workers"] == 1 and state["recipe"]["text_lr"] == 3e-4
+
+
+def test_batches_rendered_in_workers_are_the_batches_rendered_here():
+    """The GPU renders batches ahead in worker processes: the stream must not depend on it (same pixels, prompts
+    and weights for the same steps, bit for bit: the same function runs in both)."""
+    import itertools
+
+    import torch
+
+    from training import batches, runargs
+
+    def stream(workers):
+        args = runargs.run_parser("", out="o", to="t", batch=3, lr=1e-3, warmup=1, threads=1, init_from_help="").parse_args(
+            ["--workers", str(workers), "--text-weight", "2", "--fonts", "mono,serif"])
+        return list(itertools.islice(batches.batches(args, 41), 3))
+
+    here, ahead = stream(0), stream(1)
+    assert [s for s, *_ in here] == [s for s, *_ in ahead] == [41, 42, 43]
+    for (_, x, p, w), (_, x2, p2, w2) in zip(here, ahead):
+        assert torch.equal(x, x2) and p == p2 and torch.equal(w, w2)
 
 
 @needs_weights

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
 
 
@@ -31,6 +32,11 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
                    help="train on words of at most this many letters (a curriculum: short words first)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
+    p.add_argument("--text-weight", type=float, default=0.0,
+                   help="weight the loss inside each sample's text box (spell_data.text_box) by 1 + this: the letters "
+                        "are a few %% of the pixels and of the plain loss (0 = the plain loss)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--probe-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=threads)
@@ -44,7 +50,10 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
 
 
 def fonts(args) -> tuple[str, ...]:
-    """``--fonts`` as a tuple, checked: an unknown face is a SpecError before any model is built."""
+    """``--fonts`` as a tuple, checked with the rest of the data mix: an unknown face or a negative
+    ``--text-weight`` is a SpecError before any model is built."""
     faces = tuple(args.fonts.split(","))
     data.train_combos(faces)
+    if args.text_weight < 0:
+        raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")
     return faces

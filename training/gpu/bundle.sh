@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prepare, on this machine (it has PyPI), what a lent GPU machine needs to train glyph-mmdit, in .gpu/ (ignored by
-# git, sent with the device tool's carry=[".gpu"]): wheels of what its image lacks (diffusers and what diffprobe's
-# package init imports) and the three DejaVu faces. Then, through the device tool, run training/gpu/mmdit.sh.
+# Prepare, on this machine (it has PyPI), what a lent GPU machine needs to train glyph-mmdit or spell, in .gpu/
+# (ignored by git, sent with the device tool's carry=[".gpu"]): wheels of what its image lacks (diffusers and what
+# diffprobe's package init imports) and the three DejaVu faces. Then, through the device tool, run
+# training/gpu/curriculum.sh (MODEL=mmdit or spell).
 # See docs/model-card-mmdit.md ("On a GPU").
 set -euo pipefail
 cd "$(dirname "$0")/../.."

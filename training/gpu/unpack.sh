@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Back from the GPU: training/gpu/unpack.sh PATH/mmdit.tar -> runs/mmdit_gpu/, then evaluate it and, if better,
-# ship it: .venv/bin/python -m training.mmdit.train --snapshot runs/mmdit_gpu --to diffprobe/zoo/glyph_mmdit/weights
+# Back from the GPU: training/gpu/unpack.sh PATH/MODEL.tar -> runs/MODEL_gpu/ (MODEL: mmdit or spell), then
+# evaluate it and, if better, snapshot it:
+#   .venv/bin/python -m training.mmdit.train --snapshot runs/mmdit_gpu --to training/mmdit/checkpoint  (or the shipped
+#   diffprobe/zoo/glyph_mmdit/weights);  .venv/bin/python -m training.spell.train --snapshot runs/spell_gpu
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rm -rf runs/mmdit_gpu && mkdir -p runs/mmdit_gpu && tar -xf "$1" -C runs/mmdit_gpu
-tail -3 runs/mmdit_gpu/probe.csv
+run="runs/$(basename "$1" .tar)_gpu"
+rm -rf "$run" && mkdir -p "$run" && tar -xf "$1" -C "$run"
+echo "$run:" && tail -3 "$run/probe.csv"

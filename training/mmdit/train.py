@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from diffprobe.zoo import spell_data as data
 from training import runargs, runlog
+from training.batches import batches, weighted_mse
 from training.glyph.train import EMA
 from training.spell.train import Prober, lr_factor, snapshot
 
@@ -44,11 +45,6 @@ def parse_args(argv=None):
     p.add_argument("--reinit-letters", action="store_true",
                    help="(warm start) re-draw the letter tokens' embeddings in both CLIPs as std-1 codes "
                         "(letter code + slot code) / sqrt 2, instead of CLIP's std-0.02 rows (see reinit_letters)")
-    p.add_argument("--text-weight", type=float, default=0.0,
-                   help="weight the loss inside each sample's text box (spell_data.text_box) by 1 + this: the letters "
-                        "are a few %% of the pixels and of the plain loss (0 = the plain loss)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes rendering batches ahead (a GPU needs them; batches stay a function of the step)")
     return p.parse_args(argv)
 
 
@@ -95,58 +91,6 @@ def train_vae(args):
 
 
 # ------------------------------------------------------------------------------------------------ stage dit
-def text_weights(samples, weight: float) -> torch.Tensor:
-    """(N, 1, H, W) loss weights: 1, and 1 + ``weight`` inside each sample's text box (the autoencoder does not
-    down-sample, so pixel boxes are latent boxes)."""
-    w = torch.ones(len(samples), 1, data.HEIGHT, data.WIDTH)
-    for i, s in enumerate(samples if weight else ()):  # the plain loss (the default) needs no text layout
-        left, top, right, bottom = data.text_box(s)
-        w[i, :, top:bottom, left:right] += weight
-    return w
-
-
-def weighted_mse(pred, target, w):
-    """Mean of ``w * (pred - target)^2`` over pixels and channels, divided by the mean weight, so that the loss
-    (and the lr it suits) keeps its scale; with all weights 1 it is ``F.mse_loss``."""
-    return ((pred - target) ** 2 * w).mean() / w.mean()
-
-
-class _Batches(torch.utils.data.Dataset):
-    """Training batch ``i`` = ``data.sample_batch(seed, i, n)`` as (pixels, prompts, loss weights), for a
-    DataLoader's workers."""
-
-    def __init__(self, seed, n, random_frac, fonts, max_letters, text_weight):
-        self.seed, self.n, self.random_frac, self.fonts, self.max_letters = seed, n, random_frac, fonts, max_letters
-        self.text_weight = text_weight
-
-    def __len__(self):
-        return 10 ** 9
-
-    def __getitem__(self, step):
-        images, prompts, samples = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts,
-                                                     max_letters=self.max_letters)
-        return data.to_tensor(images), prompts, text_weights(samples, self.text_weight)
-
-
-def batches(args, start):
-    """(step, pixels, prompts, loss weights) from ``start`` on: rendered here, or ahead in ``args.workers``
-    processes."""
-    fonts = runargs.fonts(args)
-    if not args.workers:
-        step = start
-        while True:
-            images, prompts, samples = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
-                                                         max_letters=args.max_letters)
-            yield step, data.to_tensor(images), prompts, text_weights(samples, args.text_weight)
-            step += 1
-    loader = torch.utils.data.DataLoader(
-        _Batches(args.seed, args.batch, args.random_frac, fonts, args.max_letters, args.text_weight), batch_size=None,
-        num_workers=args.workers,
-        sampler=range(start, 10 ** 9), prefetch_factor=4, persistent_workers=True)
-    for step, (x, prompts, w) in enumerate(loader, start):
-        yield step, x, list(prompts), w
-
-
 class MMDiTProber(Prober):
     """spell's probe (letter / word accuracy of the x0 prediction at the noisiest level) for the MMDiT."""
 
@@ -351,11 +295,7 @@ def train_dit(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    runargs.fonts(args)  # an unknown face: SpecError before anything is built
-    if args.text_weight < 0:
-        from diffprobe.errors import SpecError
-
-        raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")
+    runargs.fonts(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return

@@ -14,7 +14,7 @@ shapes are identical: convolutions do not care about the image width).
 
 Recipe (as training/glyph): v-prediction, cosine schedule, plain v-MSE, 10% empty prompts, AdamW, EMA, bf16
 autocast, eager mode, one thread; half of each batch's timesteps from [900, 1000) where the word is decided.
-Batches are a pure function of (seed, step) (diffprobe/zoo/spell_data.py: ``sample_batch``).
+Batches are a pure function of (seed, step) (training/batches.py, rendered ahead in ``--workers`` processes on a GPU).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from training import runargs, runlog
+from training.batches import batches, weighted_mse
 from training.glyph.train import EMA, x0_from_v  # the same EMA and v -> x0 as glyph's
 
 from diffprobe.zoo import spell_data as data
@@ -187,7 +187,7 @@ def load_from(folder: pathlib.Path, unet, te=None):
 # ------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    fonts = runargs.fonts(args)  # an unknown face: SpecError before anything is built
+    runargs.fonts(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return
@@ -265,13 +265,14 @@ def main(argv=None):
     t_start = time.time()
     print(f"training from step {step} ({origin}); unet {recipe['unet_params']:,} text {recipe['text_params']:,}", flush=True)
     end = args.steps if args.until is None else min(args.steps, args.until)
+    stream = batches(args, step)
     while step < end:
         t0 = time.time()
         for g, base in zip(opt.param_groups, (args.lr, args.text_lr)):
             g["lr"] = base * lr_factor(step, args, start_step)
-        images, prompts, _ = data.sample_batch(args.seed, step, args.batch, args.random_frac, fonts=fonts,
-                                               max_letters=args.max_letters)
-        x0 = data.to_tensor(images).to(dev)
+        at, pixels, prompts, weights = next(stream)
+        assert at == step
+        x0 = pixels.to(dev)
         ids, mask = model.tokenize(tok, prompts)
         drop = torch.rand(args.batch, generator=gen) < args.cfg_drop
         ids[drop], mask[drop] = ids_null[0], mask_null[0]
@@ -286,7 +287,7 @@ def main(argv=None):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             e = te(ids, attention_mask=mask)[0]
             pred = unet(xt, t, encoder_hidden_states=e).sample[:, :3]
-        loss = F.mse_loss(pred.float(), target)
+        loss = weighted_mse(pred.float(), target, weights.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
