@@ -256,8 +256,7 @@ def test_identity_patch_of_a_joint_block_changes_nothing_and_a_real_one_does():
 @needs_weights
 def test_generations_on_held_out_words_follow_the_template_colours():
     """A few never-trained words, generated through diffprobe: every image is in its template's colours (nearest of
-    the 12 templates by background and text colour). The model card's OCR figures are measured, not asserted: the
-    shipped weights do not spell yet (docs/model-card-mmdit.md), so no OCR bar is claimed here."""
+    the 12 templates by background and text colour)."""
     import diffprobe as dp
     from training.spell.evaluate import nearest_template
 
@@ -273,6 +272,26 @@ def test_generations_on_held_out_words_follow_the_template_colours():
 
 N_SMOKE = 4
 COLOUR_BAR = 0.95  # the issue's bar for template colours
+
+
+@needs_weights
+def test_generations_on_held_out_words_are_read_at_the_bar_rate():
+    """Never-trained words of 3-8 letters in the mono face, generated through diffprobe and read by Tesseract: the
+    shipped weights spell at the issue's bar (held-out exact >= 0.5; the model card's figures are measured on 64
+    words x 2 samples, with and without a font named)."""
+    import diffprobe as dp
+    from diffprobe.metrics import exact_match, read_texts
+    from training.spell.evaluate import items_for
+
+    items = items_for("heldout", N_READ, "mono")
+    probe = dp.load("glyph-mmdit")
+    images = probe.generate([spell_data.prompt(t, w, f) for t, w, f in items], steps=25, seed=0).images
+    read = list(zip([w for _, w, _ in items], read_texts(images, workers=1)))
+    assert np.mean([exact_match(text, word) for word, text in read]) >= READ_BAR, read
+
+
+N_READ = 16
+READ_BAR = 0.5  # the issue's bar for glyph-mmdit on held-out words
 
 
 @needs_weights
