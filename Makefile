@@ -37,7 +37,7 @@ sysdeps:
 	fi
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 # The localization study on the embedded model (docs/localize.md); rerunning resumes.
 demo: install
