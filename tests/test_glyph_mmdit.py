@@ -12,6 +12,7 @@ from diffprobe.zoo import glyph_mmdit, spell_data
 
 WEIGHTS = glyph_mmdit.default_model_path()
 HAVE_WEIGHTS = (WEIGHTS / "model_index.json").exists()
+SPELL_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "training" / "spell" / "checkpoint"
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"glyph-mmdit weights absent at {WEIGHTS} (make train-mmdit)")
 
 
@@ -333,7 +334,6 @@ def test_diagnose_refuses_attention_on_raw_weights_before_loading_anything(capsy
     assert "drop --raw" in capsys.readouterr().err
 
 
-@needs_weights
 def run_gpu_recipe(tmp_path, model: str, start_from: pathlib.Path, workers: int, curriculum: bool = True) -> dict:
     """training/gpu/curriculum.sh is run once on a lent GPU, unattended: here it runs on the CPU, a few steps a
     stage; returns the run's train.json after checking the stages (four, or the full data alone) and its tar."""
@@ -360,14 +360,14 @@ def run_gpu_recipe(tmp_path, model: str, start_from: pathlib.Path, workers: int,
     return state
 
 
+@needs_weights
 def test_the_gpu_recipe_runs_its_four_curriculum_stages_here_and_writes_the_run(tmp_path):
     state = run_gpu_recipe(tmp_path, "mmdit", WEIGHTS, workers=0)
     assert "letter embeddings re-drawn" in state["origin"]
 
 
 def test_the_gpu_recipe_trains_spell_too_with_batches_rendered_in_a_worker(tmp_path):
-    spell = pathlib.Path(__file__).resolve().parents[1] / "training" / "spell" / "checkpoint"
-    state = run_gpu_recipe(tmp_path, "spell", spell, workers=1, curriculum=False)  # (the stages: the test above)
+    state = run_gpu_recipe(tmp_path, "spell", SPELL_CHECKPOINT, workers=1, curriculum=False)  # (the stages: the test above)
     assert state["recipe"]["workers"] == 1 and state["recipe"]["text_lr"] == 3e-4
 
 
@@ -427,10 +427,9 @@ def test_the_spell_trainer_takes_the_same_curriculum_options(tmp_path):
 
     with pytest.raises(SpecError, match="comic"):
         main(["--fonts", "comic", "--out", "/nonexistent/never-made"])
-    src = pathlib.Path(__file__).resolve().parent.parent / "training" / "spell" / "checkpoint"
-    start = json.loads((src / "train_state.json").read_text())["step"]
-    main(["--out", str(tmp_path / "run"), "--init-from", str(src), "--no-bf16", "--batch", "2", "--fonts", "mono",
-          "--max-letters", "1", "--until", str(start + 1), "--probe-every", "1000", "--ckpt-every", "1000"])
+    start = json.loads((SPELL_CHECKPOINT / "train_state.json").read_text())["step"]
+    main(["--out", str(tmp_path / "run"), "--init-from", str(SPELL_CHECKPOINT), "--no-bf16", "--batch", "2",
+          "--fonts", "mono", "--max-letters", "1", "--until", str(start + 1), "--probe-every", "1000", "--ckpt-every", "1000"])
     state = json.loads((tmp_path / "run" / "train.json").read_text())
     assert state["step"] == start + 1 and (tmp_path / "run" / "ckpt.pt").exists()
     assert (state["recipe"]["fonts"], state["recipe"]["max_letters"]) == ("mono", 1)

@@ -50,10 +50,15 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
 
 
 def fonts(args) -> tuple[str, ...]:
-    """``--fonts`` as a tuple, checked with the rest of the data mix: an unknown face or a negative
-    ``--text-weight`` is a SpecError before any model is built."""
+    """``--fonts`` as a tuple, checked: an unknown face is a SpecError."""
     faces = tuple(args.fonts.split(","))
     data.train_combos(faces)
+    return faces
+
+
+def check(args) -> None:
+    """The data mix, checked before any model is built: an unknown face or a negative ``--text-weight`` is a
+    SpecError."""
+    fonts(args)
     if args.text_weight < 0:
         raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")
-    return faces

@@ -295,7 +295,7 @@ def train_dit(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    runargs.fonts(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
+    runargs.check(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return

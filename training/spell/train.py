@@ -187,7 +187,7 @@ def load_from(folder: pathlib.Path, unet, te=None):
 # ------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    runargs.fonts(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
+    runargs.check(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
     if args.snapshot is not None:
         snapshot(args.snapshot, args.to)
         return
