@@ -7,7 +7,9 @@ import pathlib
 
 import numpy as np
 import pytest
+import torch
 
+from diffprobe.errors import SpecError
 from diffprobe.zoo import glyph_mmdit, spell_data
 
 WEIGHTS = glyph_mmdit.default_model_path()
@@ -93,7 +95,7 @@ def test_text_box_holds_exactly_the_pixels_the_text_draws():
 def test_the_letter_reader_of_the_sampled_gate_reads_jittered_training_renders():
     import torch
 
-    from training.mmdit.diagnose import LETTERS, read_letters
+    from training.diagnose import LETTERS, read_letters
 
     rng = np.random.default_rng(5)
     hits = 0
@@ -299,7 +301,8 @@ READ_BAR = 0.5  # the issue's bar for glyph-mmdit on held-out words
 def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alone():
     import hashlib
 
-    from training.mmdit import diagnose, letter_test
+    from training import diagnose
+    from training.mmdit import letter_test
     from training.spell.train import Prober
 
     def digest():
@@ -326,8 +329,53 @@ def test_diagnose_and_letter_test_run_on_the_shipped_weights_and_leave_them_alon
     assert digest() == before
 
 
+def test_diagnose_reads_spell_snapshots_and_a_runs_raw_weights(tmp_path):
+    """The same gates on spell's IF pipeline (pixel noise, 3 channels); --raw swaps in ckpt.pt's weights."""
+    import shutil
+
+    from training import diagnose
+    from training.spell.train import Prober
+
+    assert diagnose.kind(SPELL_CHECKPOINT) == "spell"
+    x0, channels = diagnose.predictor(SPELL_CHECKPOINT)
+    assert channels == 3
+    noise = torch.randn(2, 3, spell_data.HEIGHT, spell_data.WIDTH, generator=torch.Generator().manual_seed(0))
+    prompts = [spell_data.prompt(0, "A", "mono"), spell_data.prompt(0, "Q", "mono")]
+    ema = x0(prompts, noise)
+    assert ema.shape == (2, 3, spell_data.HEIGHT, spell_data.WIDTH) and ema.abs().max() <= 1.0
+    # a run folder whose raw UNet differs from its EMA pipeline: --raw must predict with the raw one
+    run = tmp_path / "run"
+    shutil.copytree(SPELL_CHECKPOINT, run / "pipeline")
+    pipe = diagnose._pipeline(SPELL_CHECKPOINT)
+    unet = {k: v.float() for k, v in pipe.unet.state_dict().items()}
+    unet["conv_out.bias"] = unet["conv_out.bias"] + 0.5
+    torch.save({"unet": unet, "te": pipe.text_encoder.state_dict()}, run / "ckpt.pt")
+    assert diagnose.kind(run, raw=True) == "spell"
+    raw, _ = diagnose.predictor(run, raw=True)
+    assert not torch.equal(raw(prompts, noise), ema)
+    assert torch.equal(diagnose.predictor(run / "pipeline")[0](prompts, noise), ema)  # the EMA path is untouched
+
+    d = diagnose.diagnose(SPELL_CHECKPOINT, Prober())
+    assert len(d["letter_acc_by_slot"]) == spell_data.MAX_LETTERS and 0.0 <= d["single_letter_acc"] <= 1.0
+    sampled = diagnose.sampled_letters(SPELL_CHECKPOINT, templates=(0,), steps=2)
+    assert 0.0 <= sampled["sampled_letter_acc"] <= 1.0 and 1 <= sampled["sampled_distinct"] <= 26
+
+
+def test_diagnose_names_what_it_cannot_read(tmp_path, capsys):
+    from training import diagnose
+
+    with pytest.raises(SpecError, match="not a pipeline folder"):
+        diagnose.kind(tmp_path)
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(SpecError, match="StableDiffusion3Pipeline or IFPipeline"):
+        diagnose.kind(tmp_path)
+    with pytest.raises(SystemExit):
+        diagnose.main(["--attention", str(SPELL_CHECKPOINT)])
+    assert "joint blocks" in capsys.readouterr().err
+
+
 def test_diagnose_refuses_attention_on_raw_weights_before_loading_anything(capsys):
-    from training.mmdit import diagnose
+    from training import diagnose
 
     with pytest.raises(SystemExit):
         diagnose.main(["--raw", "--attention", "/nonexistent/run"])

@@ -1,9 +1,11 @@
-"""What a `glyph-mmdit` snapshot knows of the word, from its x0 prediction at the noisiest level (pure noise):
+"""What a spelling snapshot (`glyph-mmdit`'s SD3 pipeline or `spell`'s IF pipeline) knows of the word, from its x0
+prediction at the noisiest level (pure noise):
 
-    python -m training.mmdit.diagnose runs/mmdit/pipeline [more folders ...]
-    python -m training.mmdit.diagnose --raw runs/mmdit [...]   # a run's raw (not EMA) weights, from its ckpt.pt
+    python -m training.diagnose runs/mmdit/pipeline [more folders ...]
+    python -m training.diagnose --raw runs/spell [...]   # a run's raw (not EMA) weights, from its ckpt.pt
 
 (The EMA weights lag the raw ones by some 500 steps at decay 0.998: compare raw weights to judge a short run.)
+The kind of model is read from the folder's ``model_index.json`` (``StableDiffusion3Pipeline`` or ``IFPipeline``).
 
 - letter accuracy per slot (spell's probe items and variants, mono letters; chance 1/26 = 0.038): which letters
   of the word the model has learnt to draw, first letter first if it learns as a curriculum teaches; and the
@@ -20,41 +22,64 @@
   templates (``--sample-templates 11``: all), read by template matching (standardised grey, best of 25 shifts
   of +-2 px of each letter's canonical render, inside the decorations; it reads 98% of jittered training
   renders right: its ceiling);
-- with ``--attention``: does a block SELECT the letter? With diffprobe's own attention maps (``attend``, first 3
-  of 10 steps), the letter token's share of the text attention of the image tokens inside the text box, per
-  joint block, for single letters on two templates. A block that ignores it gives the letter its uniform share
-  (1/25 = 0.04); one that reads it gives much more.
+- with ``--attention`` (glyph-mmdit only): does a block SELECT the letter? With diffprobe's own attention maps
+  (``attend``, first 3 of 10 steps), the letter token's share of the text attention of the image tokens inside
+  the text box, per joint block, for single letters on two templates. A block that ignores it gives the letter
+  its uniform share (1/25 = 0.04); one that reads it gives much more.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import pathlib
+from typing import Callable
 
 import torch
 
+from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
 from training.spell.train import PROBE_FONT, Prober
 
-from . import model
+KINDS = {"StableDiffusion3Pipeline": "mmdit", "IFPipeline": "spell"}
+
 
 SAME_LENGTH = {4: ("OPEN", "FISH", "BANK", "LIME", "CROW", "JUMP"),
                6: ("PLANET", "SIMPLE", "GARDEN", "BRIGHT", "FOLLOW", "MODERN")}
 
 
 LETTERS = [chr(65 + i) for i in range(26)]
+GUIDANCE = 4.0  # both models' sampling guidance (docs/model-card-mmdit.md, docs/model-card-spell.md)
+
+
+def kind(folder: pathlib.Path, raw: bool = False) -> str:
+    """``mmdit`` or ``spell``, from the pipeline folder's (a run's ``pipeline/`` with ``raw``) model_index.json."""
+    index = (folder / "pipeline" if raw else folder) / "model_index.json"
+    try:
+        name = json.loads(index.read_text())["_class_name"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SpecError(f"{index}: not a pipeline folder ({e}); pass a snapshot folder such as "
+                        "training/mmdit/checkpoint, or a run folder with --raw") from None
+    if name not in KINDS:
+        raise SpecError(f"{index}: a {name}; diagnose reads {' or '.join(KINDS)} (glyph-mmdit or spell)")
+    return KINDS[name]
 
 
 def _pipeline(folder: pathlib.Path, raw: bool = False):
     """The snapshot's pipeline in fp32; with ``raw``, ``folder`` is a run folder and its ``ckpt.pt``'s raw (not
-    EMA) weights replace the transformer's and the CLIPs'."""
-    from diffusers import StableDiffusion3Pipeline
+    EMA) weights replace the denoiser's and the trained text encoders'."""
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
     if raw:
         ck = torch.load(folder / "ckpt.pt", map_location="cpu", weights_only=False)
-        for m, k in ((pipe.transformer, "tr"), (pipe.text_encoder, "te1"), (pipe.text_encoder_2, "te2")):
+        if kind(folder, raw) == "mmdit":
+            parts = ((pipe.transformer, "tr"), (pipe.text_encoder, "te1"), (pipe.text_encoder_2, "te2"))
+        else:
+            parts = ((pipe.unet, "unet"), (pipe.text_encoder, "te"))
+        for m, k in parts:
             m.load_state_dict(ck[k])
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -65,20 +90,35 @@ def _guesses(hits: int, guesses: collections.Counter) -> tuple[float, int, str]:
     return round(hits / n, 3), len(guesses), f"{top} {count / n:.2f}"
 
 
-def predictor(folder: pathlib.Path, raw: bool = False):
+def predictor(folder: pathlib.Path, raw: bool = False) -> tuple[Callable, int]:
+    """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser."""
     pipe = _pipeline(folder, raw)
-    parts = (pipe.transformer.eval(), pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.tokenizer,
-             pipe.vae)
-    return lambda prompts, noise: model.predict_x0(*parts, prompts, noise)
+    if kind(folder, raw) == "mmdit":
+        from training.mmdit import model as mmdit
+
+        parts = (pipe.transformer.eval(), pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.tokenizer,
+                 pipe.vae)
+        return (lambda prompts, noise: mmdit.predict_x0(*parts, prompts, noise)), pipe.transformer.config.in_channels
+    from training.glyph.train import x0_from_v
+    from training.spell import model as spell
+
+    unet, te, sched = pipe.unet.eval(), pipe.text_encoder.eval(), spell.build_train_scheduler()
+
+    def x0(prompts, noise):
+        t = torch.full((len(prompts),), sched.config.num_train_timesteps - 1, dtype=torch.long)
+        v = unet(noise, t, encoder_hidden_states=spell.encode(te, pipe.tokenizer, prompts)).sample[:, :3]
+        return x0_from_v(sched, noise, v, t).clamp(-1, 1)
+
+    return x0, unet.config.in_channels
 
 
-def single_letters(x0) -> dict:
+def single_letters(x0, channels: int = 4) -> dict:
     templates = [t for t, _ in data.train_combos(("mono",))]
     g = torch.Generator().manual_seed(2024)
     hits, guesses = 0, collections.Counter()
     for t in templates:
         refs = data.to_tensor([data.render(data.canonical(t, c, "mono")) for c in LETTERS])
-        xs = x0([data.prompt(t, c, "mono") for c in LETTERS], torch.randn(26, 4, data.HEIGHT, data.WIDTH, generator=g))
+        xs = x0([data.prompt(t, c, "mono") for c in LETTERS], torch.randn(26, channels, data.HEIGHT, data.WIDTH, generator=g))
         guess = ((xs[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4)).argmin(1)
         hits += int((guess == torch.arange(26)).sum())
         guesses.update(LETTERS[int(i)] for i in guess)
@@ -108,13 +148,14 @@ SAMPLE_ORDER = (0, 3, 5) + tuple(t for t, _ in data.train_combos(("mono",)) if t
 
 
 def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_ORDER[:3], steps: int = 20) -> dict:
+    from training.spell.evaluate import _call_kwargs
+
     pipe = _pipeline(folder, raw)
-    pipe.set_progress_bar_config(disable=True)
     hits, guesses = 0, collections.Counter()
     for t in templates:
         images = pipe([data.prompt(t, c, "mono") for c in LETTERS], height=data.HEIGHT, width=data.WIDTH,
-                      num_inference_steps=steps, guidance_scale=model.zoo.GUIDANCE, output_type="pt",
-                      generator=torch.Generator().manual_seed(7), **model.zoo.CALL).images
+                      num_inference_steps=steps, guidance_scale=GUIDANCE, output_type="pt",
+                      generator=torch.Generator().manual_seed(7), **_call_kwargs(pipe)).images
         guess = read_letters(images * 2 - 1, t)
         hits += int((guess == torch.arange(26)).sum())
         guesses.update(LETTERS[int(i)] for i in guess)
@@ -144,8 +185,8 @@ def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), le
 
 
 def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
-    x0 = predictor(folder, raw)
-    noise = torch.randn(len(prober.items), 4, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
+    x0, channels = predictor(folder, raw)
+    noise = torch.randn(len(prober.items), channels, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
     xs = torch.cat([x0(prober.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(prober.prompts), 32)])
     hits, seen = [0] * data.MAX_LETTERS, [0] * data.MAX_LETTERS
     guesses = [collections.Counter() for _ in range(data.MAX_LETTERS)]
@@ -167,7 +208,7 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
     return dict(letter_acc_by_slot=[round(h / s, 3) for h, s in zip(hits, seen) if s],
                 top_guess_by_slot=[_guesses(0, g)[2] for g in guesses[:4]],
                 word_effect_same_length=round(same, 4), word_effect_other_length=round(other, 4),
-                **single_letters(x0))
+                **single_letters(x0, channels))
 
 
 def main(argv=None):
@@ -182,6 +223,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.attention and args.raw:
         p.error("--attention reads a pipeline folder through diffprobe.load; drop --raw (it reads a run's ckpt.pt)")
+    try:
+        kinds = {folder: kind(folder, args.raw) for folder in args.folders}
+    except SpecError as e:
+        p.error(str(e))
+    if args.attention and "spell" in kinds.values():
+        p.error("--attention measures glyph-mmdit's joint blocks; drop it for spell folders")
     torch.set_num_threads(1)
     prober = Prober()
     for folder in args.folders:
