@@ -53,45 +53,28 @@ train-glyph: install
 	$(PY) -m training.glyph.train --out runs/glyph --seed 0 --resume --steps 7400 --batch 16 --noisy-from 0.9 \
 		--threads 2 --probe-every 200 --ckpt-every 400 --ship
 
-# The character-aware successor of glyph (issue 14; docs/model-card-spell.md). Continues the run in runs/spell
-# bit for bit when its full checkpoint is there; on a new machine it warm-starts from the committed snapshot
-# (weights and step count; AdamW restarts). SPELL_ARGS="--device cuda" on a GPU (bf16 is ~30x slower on AVX2 CPUs).
+# The character-aware successor of glyph (issue 14; docs/model-card-spell.md), and glyph-mmdit
+# (docs/model-card-mmdit.md): training/curriculum.py trains in the curriculum stage of the run's step (single
+# letters in mono -> <= 3 letters -> all lengths in mono -> all faces), for the given minutes. It continues the
+# run bit for bit when its full checkpoint is there; on a new machine it warm-starts from the committed snapshot
+# (weights and step count; AdamW restarts). Then the run is snapshotted: spell into training/spell/checkpoint;
+# glyph-mmdit into training/mmdit/checkpoint (MMDIT_SHIP=no) or into the shipped weights (MMDIT_SHIP=yes).
+# On a GPU: SPELL_ARGS="--device cuda" (bf16 is ~30x slower on AVX2 CPUs, hence --no-bf16 here).
 SPELL_MINUTES ?= 60
-SPELL_ARGS ?= --no-bf16 --threads 1
+SPELL_ARGS ?= --no-bf16 --threads 2
+SPELL_RUN ?= runs/spell
 train-spell: install
-	if [ -f runs/spell/ckpt.pt ]; then \
-	  $(PY) -m training.spell.train --out runs/spell --resume --batch 8 --max-minutes $(SPELL_MINUTES) $(SPELL_ARGS); \
-	else \
-	  $(PY) -m training.spell.train --out runs/spell --init-from training/spell/checkpoint --batch 8 \
-	    --max-minutes $(SPELL_MINUTES) $(SPELL_ARGS); \
-	fi
-	$(PY) -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint
+	$(PY) -m training.curriculum spell --out $(SPELL_RUN) --minutes $(SPELL_MINUTES) $(SPELL_ARGS)
+	$(PY) -m training.spell.train --snapshot $(SPELL_RUN) --to training/spell/checkpoint
 
-# glyph-mmdit (docs/model-card-mmdit.md): continue $(MMDIT_RUN) bit for bit when its full checkpoint is there;
-# on a new machine warm-start from the committed curriculum snapshot training/mmdit/checkpoint (weights, step count
-# and trained letter codes; AdamW restarts), or without it from the shipped weights with the letter codes re-drawn.
-# Then snapshot the run: into the shipped weights (MMDIT_SHIP=yes), or into training/mmdit/checkpoint
-# (MMDIT_SHIP=no: a curriculum stage, which writes only some words), e.g.
-#   make train-mmdit MMDIT_RUN=runs/mmdit6a MMDIT_SHIP=no MMDIT_ARGS="--fonts mono --max-letters 1 --random-frac 1.0"
 MMDIT_MINUTES ?= 60
-MMDIT_RECIPE = --zero-pooled --lr 4e-4 --steps 60000  # runs 2-7 (--steps 30000 until step ~21000: the lr is flat before 80% of --steps, so raising it changed nothing; the parser's defaults are 5e-4, 100000)
 MMDIT_ARGS ?=
 MMDIT_RUN ?= runs/mmdit
 MMDIT_SHIP ?= yes
-MMDIT_WEIGHTS = diffprobe/zoo/glyph_mmdit/weights
-MMDIT_CHECKPOINT = training/mmdit/checkpoint
 train-mmdit: install
-	if [ -f $(MMDIT_RUN)/ckpt.pt ]; then \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --resume $(MMDIT_RECIPE) --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
-	elif [ -f $(MMDIT_CHECKPOINT)/model_index.json ]; then \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_CHECKPOINT) $(MMDIT_RECIPE) \
-	    --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
-	else \
-	  $(PY) -m training.mmdit.train --out $(MMDIT_RUN) --init-from $(MMDIT_WEIGHTS) --reinit-letters $(MMDIT_RECIPE) \
-	    --max-minutes $(MMDIT_MINUTES) $(MMDIT_ARGS); \
-	fi
-	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_WEIGHTS); \
-	else $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to $(MMDIT_CHECKPOINT); fi
+	$(PY) -m training.curriculum mmdit --out $(MMDIT_RUN) --minutes $(MMDIT_MINUTES) $(MMDIT_ARGS)
+	if [ "$(MMDIT_SHIP)" = yes ]; then $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to diffprobe/zoo/glyph_mmdit/weights; \
+	else $(PY) -m training.mmdit.train --snapshot $(MMDIT_RUN) --to training/mmdit/checkpoint; fi
 
 clean:
 	rm -rf $(VENV) demo_out runs

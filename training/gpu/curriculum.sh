@@ -41,7 +41,7 @@ case "$MODEL" in
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 if [ "${CURRICULUM:-1}" = 1 ]; then
-  STAGES=("--fonts mono --max-letters 1 --random-frac 1.0" "--fonts mono --max-letters 3 --random-frac 0.5" "--fonts mono" "")
+  mapfile -t STAGES < <($PY -m training.curriculum stages)  # the four stages of training/curriculum.py
   read -r -a SHARES <<< "${STAGE_SHARES:-$DEFAULT_SHARES}"
 else
   STAGES=(""); SHARES=(1)

@@ -1,0 +1,74 @@
+"""training/curriculum.py: the stage of a step, the trainer calls it makes across stage ends, and a real run of
+the spell trainer through three tiny stages."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffprobe.errors import SpecError
+from training import curriculum
+
+
+def test_each_step_falls_in_one_stage_whose_end_is_after_it():
+    assert curriculum.stage("mmdit", 0) == (0, 13500, curriculum.STAGES[0])
+    assert curriculum.stage("mmdit", 13499)[0] == 0
+    assert curriculum.stage("mmdit", 13500)[:2] == (1, 20400)
+    assert curriculum.stage("mmdit", 27284) == (3, None, "")
+    assert curriculum.stage("spell", 1488)[:2] == (0, 10000)
+    for model, plan in curriculum.PLANS.items():
+        assert len(plan) == len(curriculum.STAGES) and plan[-1] is None
+        assert list(plan[:-1]) == sorted(plan[:-1]), model
+    with pytest.raises(SpecError, match="past the last stage"):
+        curriculum.stage("spell", 50, plan=(10, 20))
+
+
+def test_stages_prints_one_line_per_stage_for_the_gpu_script():
+    out = subprocess.run([sys.executable, "-m", "training.curriculum", "stages"], capture_output=True, text=True,
+                         check=True, cwd=curriculum.ROOT).stdout
+    assert out.split("\n")[:-1] == list(curriculum.STAGES)  # (the last stage is the empty line)
+
+
+def fake_trainer(out, steps_taken):
+    """A trainer that takes ``steps_taken`` steps (or stops at --until / --steps) and checkpoints the step."""
+    def main(argv):
+        def value(flag, default=None):
+            return int(argv[argv.index(flag) + 1]) if flag in argv else default
+
+        if "--resume" in argv:
+            step = torch.load(out / "ckpt.pt")["step"]
+        else:
+            step = json.loads((curriculum.SNAPSHOTS["spell"] / "train_state.json").read_text())["step"]
+        end = min(value("--until", 10**9), value("--steps", 10**9))
+        torch.save({"step": min(step + steps_taken, max(step, end))}, out / "ckpt.pt")
+    return main
+
+
+def test_a_run_moves_to_the_next_stage_at_each_end_and_stops_when_no_step_is_taken(tmp_path):
+    start = json.loads((curriculum.SNAPSHOTS["spell"] / "train_state.json").read_text())["step"]
+    plan = (start + 2, start + 3, start + 5, None)
+    ran = curriculum.run("spell", tmp_path, minutes=5, trainer_args=["--steps", str(start + 6), "--fonts", "sans"],
+                         plan=plan, main=fake_trainer(tmp_path, steps_taken=10))
+    assert [a[2:4] for a in ran] == [["--init-from", str(curriculum.SNAPSHOTS["spell"])]] + [["--resume", "--batch"]] * 4
+    assert [a[a.index("--until") + 1] if "--until" in a else None for a in ran] == \
+        [str(start + 2), str(start + 3), str(start + 5), None, None]
+    assert "--max-letters 1" in " ".join(ran[0]) and "--max-letters 3" in " ".join(ran[1])
+    assert "--max-letters" not in " ".join(ran[3])
+    assert all(a[-2:] == ["--fonts", "sans"] for a in ran)  # the caller's arguments come last: they win
+    assert all(" ".join(curriculum.RECIPES["spell"].split()) in " ".join(a) for a in ran)
+    assert torch.load(tmp_path / "ckpt.pt")["step"] == start + 6
+
+
+def test_the_spell_trainer_runs_through_three_stages(tmp_path):
+    start = json.loads((curriculum.SNAPSHOTS["spell"] / "train_state.json").read_text())["step"]
+    args = ["--batch", "2", "--steps", str(start + 3), "--no-bf16", "--threads", "1", "--probe-every", "1000",
+            "--ckpt-every", "1000"]
+    ran = curriculum.run("spell", tmp_path, minutes=10, trainer_args=args, plan=(start + 1, start + 2, None, None))
+    assert len(ran) == 4  # three stages of one step, then a call that takes none (--steps reached)
+    rows = (tmp_path / "loss.csv").read_text().split()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [start + 1, start + 2, start + 3]
+    recipe = json.loads((tmp_path / "train.json").read_text())["recipe"]
+    assert (recipe["fonts"], recipe["max_letters"], recipe["lr"], recipe["text_lr"]) == ("mono", 8, 5e-4, 3e-4)

@@ -1,0 +1,110 @@
+"""The curriculum that taught `glyph-mmdit` to spell, by step, for both spelling models: one command continues a
+model's training in whatever stage its step count is, across sessions and machines.
+
+    python -m training.curriculum spell --out runs/spell --minutes 120 [TRAINER ARGS ...]
+    python -m training.curriculum mmdit --out runs/mmdit7 --minutes 100 --probe-every 100
+    python -m training.curriculum stages        # the stages' trainer arguments, one line each (training/gpu/)
+
+The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
+strings) -> all lengths in mono -> all three faces. Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
+are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
+model's trainer (``training.<model>.train``) in the stage of the current step with ``--until`` that stage's end,
+then the next stage; from ``OUT/ckpt.pt`` when there (``--resume``: bit for bit), else warm-started from the
+committed snapshot (``--init-from``: step count and data stream continue, AdamW restarts). TRAINER ARGS come last,
+so they override a stage's (``--fonts``, ...) but not its end. The recipe of the committed runs (``RECIPES``) comes
+first; give the same trainer arguments on every call (the learning rates are not in the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import time
+
+import torch
+
+from diffprobe.errors import SpecError
+
+STAGES = ("--fonts mono --max-letters 1 --random-frac 1.0",  # 1: single letters (random letters: every one)
+          "--fonts mono --max-letters 3 --random-frac 0.5",  # 2: words of at most 3 letters, half random strings
+          "--fonts mono",                                     # 3: all lengths, mono
+          "")                                                 # 4: the full data, all faces
+#: per model, the step at which each of STAGES ends (None: never)
+PLANS = {
+    "mmdit": (13500, 20400, 27284, None),  # as its run went (docs/model-card-mmdit.md)
+    "spell": (10000, 17000, 24000, None),  # from step 1488 (letters at chance): glyph-mmdit's stage lengths
+}
+RECIPES = {
+    "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
+    "spell": "--batch 8 --lr 5e-4 --text-lr 3e-4",  # at text lr 1e-3 the text encoder collapsed (model card)
+}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SNAPSHOTS = {"mmdit": ROOT / "training/mmdit/checkpoint", "spell": ROOT / "training/spell/checkpoint"}
+SHIPPED = {"mmdit": ROOT / "diffprobe/zoo/glyph_mmdit/weights"}  # the warm start when no snapshot is there
+
+
+def stage(model: str, step: int, plan=None) -> tuple[int, int | None, str]:
+    """(stage index from 0, the step it ends at or None, its trainer arguments) for ``step``."""
+    for i, end in enumerate(plan or PLANS[model]):
+        if end is None or step < end:
+            return i, end, STAGES[i]
+    raise SpecError(f"step {step} is past the last stage of {model}'s plan {plan or PLANS[model]}")
+
+
+def current_step(out: pathlib.Path) -> int | None:
+    """The step of the run's checkpoint, or None when ``out`` has none."""
+    ckpt = out / "ckpt.pt"
+    if not ckpt.exists():
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"])
+
+
+def warm_start(model: str) -> tuple[list[str], int]:
+    """The arguments that start a run from the committed snapshot (or glyph-mmdit's shipped weights), its step."""
+    folder = SNAPSHOTS[model]
+    extra = []
+    if not (folder / "model_index.json").exists():
+        if model not in SHIPPED:
+            raise SpecError(f"{folder} holds no snapshot to start {model} from; restore it with git checkout")
+        folder, extra = SHIPPED[model], ["--reinit-letters"]
+    step = int(json.loads((folder / "train_state.json").read_text())["step"])
+    return ["--init-from", str(folder), *extra], step
+
+
+def run(model: str, out: pathlib.Path, minutes: float, trainer_args=(), plan=None, main=None) -> list[list[str]]:
+    """Train ``model`` in ``out`` through the stages for ``minutes``; returns the trainer argument lists it ran."""
+    main = main or importlib.import_module(f"training.{model}.train").main
+    deadline = time.monotonic() + minutes * 60
+    ran = []
+    while (left := (deadline - time.monotonic()) / 60) > 0.2:
+        step = current_step(out)
+        start, step = (["--resume"], step) if step is not None else warm_start(model)
+        i, end, args = stage(model, step, plan)
+        argv = ["--out", str(out), *start, *RECIPES[model].split(), *args.split(),
+                *(["--until", str(end)] if end is not None else []), "--max-minutes", f"{left:.2f}", *trainer_args]
+        print(f"curriculum: {model} stage {i + 1}/{len(STAGES)} ({args or 'the full data'}) from step {step}"
+              f"{f' to {end}' if end is not None else ''}, {left:.1f} min left", flush=True)
+        ran.append(argv)
+        main(argv)
+        if (current_step(out) or 0) <= step:  # no step taken: --steps reached, or the trainer stopped at once
+            break
+    return ran
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=(*PLANS, "stages"))
+    p.add_argument("--out", type=pathlib.Path)
+    p.add_argument("--minutes", type=float, default=60.0)
+    args, trainer_args = p.parse_known_args(argv)
+    if args.model == "stages":
+        print("\n".join(STAGES))
+        return
+    if args.out is None:
+        p.error(f"{args.model}: --out RUN is needed (e.g. runs/{args.model})")
+    run(args.model, args.out, args.minutes, trainer_args)
+
+
+if __name__ == "__main__":
+    main()
