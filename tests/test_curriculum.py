@@ -72,3 +72,5 @@ def test_the_spell_trainer_runs_through_three_stages(tmp_path):
     assert [int(r.split(",")[0]) for r in rows] == [start + 1, start + 2, start + 3]
     recipe = json.loads((tmp_path / "train.json").read_text())["recipe"]
     assert (recipe["fonts"], recipe["max_letters"], recipe["lr"], recipe["text_lr"]) == ("mono", 8, 5e-4, 3e-4)
+    probes = (tmp_path / "probe.csv").read_text().splitlines()
+    assert "single_letter_acc" in probes[0] and len(probes) == 1 + 3  # a probe at each stage end

@@ -39,7 +39,7 @@ import torch
 
 from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
-from training.spell.train import PROBE_FONT, Prober
+from training.spell.train import LETTERS, PROBE_FONT, Prober, guesses as _guesses, single_letters
 
 KINDS = {"StableDiffusion3Pipeline": "mmdit", "IFPipeline": "spell"}
 
@@ -48,7 +48,6 @@ SAME_LENGTH = {4: ("OPEN", "FISH", "BANK", "LIME", "CROW", "JUMP"),
                6: ("PLANET", "SIMPLE", "GARDEN", "BRIGHT", "FOLLOW", "MODERN")}
 
 
-LETTERS = [chr(65 + i) for i in range(26)]
 GUIDANCE = 4.0  # both models' sampling guidance (docs/model-card-mmdit.md, docs/model-card-spell.md)
 
 
@@ -83,13 +82,6 @@ def _pipeline(folder: pathlib.Path, raw: bool = False):
     return pipe
 
 
-def _guesses(hits: int, guesses: collections.Counter) -> tuple[float, int, str]:
-    """(accuracy, distinct letters guessed, the commonest guess and its share)."""
-    n = sum(guesses.values())
-    top, count = guesses.most_common(1)[0]
-    return round(hits / n, 3), len(guesses), f"{top} {count / n:.2f}"
-
-
 def predictor(folder: pathlib.Path, raw: bool = False) -> tuple[Callable, int]:
     """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser."""
     pipe = _pipeline(folder, raw)
@@ -110,20 +102,6 @@ def predictor(folder: pathlib.Path, raw: bool = False) -> tuple[Callable, int]:
         return x0_from_v(sched, noise, v, t).clamp(-1, 1)
 
     return x0, unet.config.in_channels
-
-
-def single_letters(x0, channels: int = 4) -> dict:
-    templates = [t for t, _ in data.train_combos(("mono",))]
-    g = torch.Generator().manual_seed(2024)
-    hits, guesses = 0, collections.Counter()
-    for t in templates:
-        refs = data.to_tensor([data.render(data.canonical(t, c, "mono")) for c in LETTERS])
-        xs = x0([data.prompt(t, c, "mono") for c in LETTERS], torch.randn(26, channels, data.HEIGHT, data.WIDTH, generator=g))
-        guess = ((xs[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4)).argmin(1)
-        hits += int((guess == torch.arange(26)).sum())
-        guesses.update(LETTERS[int(i)] for i in guess)
-    acc, distinct, top = _guesses(hits, guesses)
-    return dict(single_letter_acc=acc, distinct_guesses=distinct, top_guess=top)
 
 
 def _standardised(x: torch.Tensor) -> torch.Tensor:

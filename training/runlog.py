@@ -44,7 +44,8 @@ def clear(out: pathlib.Path) -> None:
 
 
 class RunLog:
-    """Appends to ``out/loss.csv`` and ``out/probe.csv`` (headers written once)."""
+    """Appends to ``out/loss.csv`` and ``out/probe.csv`` (headers written once; probe.csv's widened when a resumed
+    run measures more)."""
 
     def __init__(self, out: pathlib.Path):
         self.loss_f = open(out / "loss.csv", "a", newline="")
@@ -64,13 +65,34 @@ class RunLog:
         """Write (and print) one probe row; returns it."""
         row = {"step": step, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in measured.items()}}
         if self.probe_w is None:
-            self.probe_w = csv.DictWriter(self.probe_f, fieldnames=list(row))
+            fields = self._columns(list(row)) if self.probe_f.tell() > 0 else list(row)
+            self.probe_w = csv.DictWriter(self.probe_f, fieldnames=fields, restval="")
             if self.probe_f.tell() == 0:
                 self.probe_w.writeheader()
         self.probe_w.writerow(row)
         self.probe_f.flush()
         print(json.dumps(row), flush=True)
         return row
+
+    def _columns(self, fields: list[str]) -> list[str]:
+        """The columns of a probe.csv that has rows already: its own, widened by any column ``fields`` adds (a run
+        resumed by a trainer that measures more than the one that began it). Widening rewrites the file: the old
+        rows keep their values and are blank in the new columns; a column no longer measured stays, blank."""
+        path = pathlib.Path(self.probe_f.name)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old, rows = list(reader.fieldnames or []), list(reader)
+        merged = old + [k for k in fields if k not in old]
+        if merged != old:
+            self.probe_f.close()
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=merged, restval="")
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)  # atomic: a crash leaves the old log or the widened one
+            self.probe_f = open(path, "a", newline="")
+        return merged
 
     def flush(self) -> None:
         self.loss_f.flush()

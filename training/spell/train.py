@@ -18,6 +18,7 @@ Batches are a pure function of (seed, step) (training/batches.py, rendered ahead
 """
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import math
@@ -59,6 +60,33 @@ def lr_factor(step, args, start_step=0):
 
 
 PROBE_FONT = "mono"  # the probe asks for mono letters so that letter k has fixed columns
+LETTERS = [chr(65 + i) for i in range(26)]
+PROBE_SINGLE_TEMPLATES = (0, 3, 5)  # the probe's single letters: three mono training templates (diagnose: all 11)
+
+
+def guesses(hits: int, counts: collections.Counter) -> tuple[float, int, str]:
+    """(accuracy, distinct letters guessed, the commonest guess and its share)."""
+    n = sum(counts.values())
+    top, count = counts.most_common(1)[0]
+    return round(hits / n, 3), len(counts), f"{top} {count / n:.2f}"
+
+
+def single_letters(x0, channels: int = 4, templates=None) -> dict:
+    """A-Z alone on mono training templates (all of them by default), unjittered, one noise each: how often the x0
+    prediction at the noisiest level is nearest its own letter's render (chance 1/26; ceiling ~0.8, the mean of
+    jittered renders being itself blurred), how many letters it guesses, and its commonest guess's share."""
+    if templates is None:
+        templates = [t for t, _ in data.train_combos(("mono",))]
+    g = torch.Generator().manual_seed(2024)
+    hits, counts = 0, collections.Counter()
+    for t in templates:
+        refs = data.to_tensor([data.render(data.canonical(t, c, "mono")) for c in LETTERS])
+        xs = x0([data.prompt(t, c, "mono") for c in LETTERS], torch.randn(26, channels, data.HEIGHT, data.WIDTH, generator=g))
+        guess = ((xs[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4)).argmin(1)
+        hits += int((guess == torch.arange(26)).sum())
+        counts.update(LETTERS[int(i)] for i in guess)
+    acc, distinct, top = guesses(hits, counts)
+    return dict(single_letter_acc=acc, distinct_guesses=distinct, top_guess=top)
 
 
 def _probe_items():
@@ -76,7 +104,8 @@ class Prober:
     nn_acc_{heldout,train}: nearest clean rendering among the 64 probe words (same template; chance 1/64).
     letter_acc_{heldout,train}: for every letter position k, the nearest among the 26 renderings that differ
     from the true word only in letter k (chance 1/26); this sees partial spelling long before whole words.
-    word_effect / template_effect: mean |x0(A) - x0(B)| with another word / another template, same noise."""
+    word_effect / template_effect: mean |x0(A) - x0(B)| with another word / another template, same noise.
+    single_letter_acc: A-Z alone on three mono templates (:func:`single_letters`), the curriculum's first gate."""
 
     def __init__(self, seed=1234):
         self.items = _probe_items()
@@ -135,6 +164,7 @@ class Prober:
         xe = x0(ps, noise[:1].expand(len(ps), -1, -1, -1))
         out["word_effect"] = float(sum((xe[0] - xe[i]).abs().mean() for i in range(1, 4)) / 3)
         out["template_effect"] = float((xe[0] - xe[4]).abs().mean())
+        out["single_letter_acc"] = single_letters(x0, noise.shape[1], PROBE_SINGLE_TEMPLATES)["single_letter_acc"]
         return out
 
 
