@@ -18,7 +18,7 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("mmdit", 13499)[0] == 0
     assert curriculum.stage("mmdit", 13500)[:2] == (1, 20400)
     assert curriculum.stage("mmdit", 27284) == (3, None, "")
-    assert curriculum.stage("spell", 1488)[:2] == (0, 10000)
+    assert curriculum.stage("spell", 7646)[:2] == (0, 32000)
     for model, plan in curriculum.PLANS.items():
         assert len(plan) == len(curriculum.STAGES) and plan[-1] is None
         assert list(plan[:-1]) == sorted(plan[:-1]), model

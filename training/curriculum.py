@@ -33,11 +33,14 @@ STAGES = ("--fonts mono --max-letters 1 --random-frac 1.0",  # 1: single letters
 #: per model, the step at which each of STAGES ends (None: never)
 PLANS = {
     "mmdit": (13500, 20400, 27284, None),  # as its run went (docs/model-card-mmdit.md)
-    "spell": (10000, 17000, 24000, None),  # from step 1488 (letters at chance): glyph-mmdit's stage lengths
+    # glyph-mmdit's stage lengths in samples (7,700 and 6,900 steps at batch 32) at spell's batch 8, from step
+    # 1488 (letters at chance); at 7646 single letters were still at chance (docs/model-card-spell.md)
+    "spell": (32000, 60000, 88000, None),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
-    "spell": "--batch 8 --lr 5e-4 --text-lr 3e-4",  # at text lr 1e-3 the text encoder collapsed (model card)
+    "spell": "--batch 8 --lr 5e-4 --text-lr 3e-4 --steps 200000",  # text lr 1e-3 collapsed the text encoder;
+    # --steps: the lr stays flat through the stages (it decays over the last 20% of --steps)
 }
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SNAPSHOTS = {"mmdit": ROOT / "training/mmdit/checkpoint", "spell": ROOT / "training/spell/checkpoint"}
