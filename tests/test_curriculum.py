@@ -35,8 +35,8 @@ def test_stages_prints_one_line_per_stage_for_the_gpu_script():
 def fake_trainer(out, steps_taken):
     """A trainer that takes ``steps_taken`` steps (or stops at --until / --steps) and checkpoints the step."""
     def main(argv):
-        def value(flag, default=None):
-            return int(argv[argv.index(flag) + 1]) if flag in argv else default
+        def value(flag, default=None):  # the last one given, as argparse reads it
+            return int(argv[len(argv) - argv[::-1].index(flag)]) if flag in argv else default
 
         if "--resume" in argv:
             step = torch.load(out / "ckpt.pt")["step"]
