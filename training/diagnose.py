@@ -72,7 +72,7 @@ def _pipeline(folder: pathlib.Path, raw: bool = False):
     pipe = DiffusionPipeline.from_pretrained(folder / "pipeline" if raw else folder, dtype=torch.float32)
     if raw:
         ck = torch.load(folder / "ckpt.pt", map_location="cpu", weights_only=False)
-        if kind(folder, raw) == "mmdit":
+        if KINDS[type(pipe).__name__] == "mmdit":
             parts = ((pipe.transformer, "tr"), (pipe.text_encoder, "te1"), (pipe.text_encoder_2, "te2"))
         else:
             parts = ((pipe.unet, "unet"), (pipe.text_encoder, "te"))
@@ -85,7 +85,7 @@ def _pipeline(folder: pathlib.Path, raw: bool = False):
 def predictor(folder: pathlib.Path, raw: bool = False) -> tuple[Callable, int]:
     """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser."""
     pipe = _pipeline(folder, raw)
-    if kind(folder, raw) == "mmdit":
+    if KINDS[type(pipe).__name__] == "mmdit":  # (the loaded class: no second read of model_index.json)
         from training.mmdit import model as mmdit
 
         parts = (pipe.transformer.eval(), pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.tokenizer,
