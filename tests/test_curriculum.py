@@ -18,18 +18,41 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("mmdit", 13499)[0] == 0
     assert curriculum.stage("mmdit", 13500)[:2] == (1, 20400)
     assert curriculum.stage("mmdit", 27284) == (3, None, "")
-    assert curriculum.stage("spell", 7646)[:2] == (0, 32000)
+    assert curriculum.stage("spell", 7646) == (0, 8000, curriculum.FIRST_LETTERS)
+    assert curriculum.stage("spell", 8000) == (1, 32000, curriculum.STAGES[0])
     for model, plan in curriculum.PLANS.items():
-        assert len(plan) == len(curriculum.STAGES) and plan[-1] is None
-        assert list(plan[:-1]) == sorted(plan[:-1]), model
+        ends = [end for end, _ in plan]
+        assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
+        assert [a for _, a in plan[-4:]] == list(curriculum.STAGES), model  # both end with glyph-mmdit's four
     with pytest.raises(SpecError, match="past the last stage"):
-        curriculum.stage("spell", 50, plan=(10, 20))
+        curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
 
 
 def test_stages_prints_one_line_per_stage_for_the_gpu_script():
-    out = subprocess.run([sys.executable, "-m", "training.curriculum", "stages"], capture_output=True, text=True,
-                         check=True, cwd=curriculum.ROOT).stdout
-    assert out.split("\n")[:-1] == list(curriculum.STAGES)  # (the last stage is the empty line)
+    for model, plan in curriculum.PLANS.items():
+        out = subprocess.run([sys.executable, "-m", "training.curriculum", model, "--stages"], capture_output=True,
+                             text=True, check=True, cwd=curriculum.ROOT).stdout
+        assert out.split("\n")[:-1] == [a for _, a in plan]  # (the last stage is the empty line)
+
+
+def test_spell_stage_0_draws_one_template_unjittered_and_its_arguments_are_checked():
+    from diffprobe.zoo import spell_data
+    from training import runargs
+    from training.spell.train import parse_args
+
+    args = parse_args(["--batch", "32", *curriculum.FIRST_LETTERS.split()])
+    assert (args.batch, runargs.templates(args), args.no_jitter) == (32, (0,), True)
+    images, prompts, samples = spell_data.sample_batch(0, 5, 16, 1.0, fonts=("mono",), max_letters=1, templates=(0,),
+                                                       jitter=False)
+    assert {(s.template, s.font, len(s.word)) for s in samples} == {(0, "mono", 1)}
+    assert all(s == spell_data.canonical(0, s.word, "mono") for s in samples)  # the template's own colours and place
+    assert len({s.word for s in samples}) > 5
+    jittered = spell_data.sample_batch(0, 5, 16, 1.0, fonts=("mono",), max_letters=1, templates=(0, 3))[2]
+    assert {s.template for s in jittered} == {0, 3} and any(s != spell_data.canonical(s.template, s.word) for s in jittered)
+    for bad, match in (("12", "choose indices 0 to 11"), ("a", "comma-separated indices"),
+                       ("1", "held out")):  # (1, mono) is a held-out combination
+        with pytest.raises(SpecError, match=match):
+            runargs.check(parse_args(["--templates", bad, "--fonts", "mono"]))
 
 
 def fake_trainer(out, steps_taken):
@@ -49,7 +72,7 @@ def fake_trainer(out, steps_taken):
 
 def test_a_run_moves_to_the_next_stage_at_each_end_and_stops_when_no_step_is_taken(tmp_path):
     start = json.loads((curriculum.SNAPSHOTS["spell"] / "train_state.json").read_text())["step"]
-    plan = (start + 2, start + 3, start + 5, None)
+    plan = tuple(zip((start + 2, start + 3, start + 5, None), curriculum.STAGES))
     ran = curriculum.run("spell", tmp_path, minutes=5, trainer_args=["--steps", str(start + 6), "--fonts", "sans"],
                          plan=plan, main=fake_trainer(tmp_path, steps_taken=10))
     assert [a[2:4] for a in ran] == [["--init-from", str(curriculum.SNAPSHOTS["spell"])]] + [["--resume", "--batch"]] * 4
@@ -66,7 +89,8 @@ def test_the_spell_trainer_runs_through_three_stages(tmp_path):
     start = json.loads((curriculum.SNAPSHOTS["spell"] / "train_state.json").read_text())["step"]
     args = ["--batch", "2", "--steps", str(start + 3), "--no-bf16", "--threads", "1", "--probe-every", "1000",
             "--ckpt-every", "1000"]
-    ran = curriculum.run("spell", tmp_path, minutes=10, trainer_args=args, plan=(start + 1, start + 2, None, None))
+    plan = ((start + 1, curriculum.FIRST_LETTERS), (start + 2, curriculum.STAGES[0]), (None, curriculum.STAGES[2]))
+    ran = curriculum.run("spell", tmp_path, minutes=10, trainer_args=args, plan=plan)
     assert len(ran) == 4  # three stages of one step, then a call that takes none (--steps reached)
     rows = (tmp_path / "loss.csv").read_text().split()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [start + 1, start + 2, start + 3]

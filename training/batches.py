@@ -28,23 +28,24 @@ def weighted_mse(pred, target, w):
 class _Batches(torch.utils.data.Dataset):
     """Training batch ``i`` as (pixels, prompts, loss weights), for a DataLoader's workers."""
 
-    def __init__(self, seed, n, random_frac, fonts, max_letters, text_weight):
+    def __init__(self, seed, n, random_frac, fonts, max_letters, text_weight, templates=None, jitter=True):
         self.seed, self.n, self.random_frac, self.fonts, self.max_letters = seed, n, random_frac, fonts, max_letters
-        self.text_weight = text_weight
+        self.text_weight, self.templates, self.jitter = text_weight, templates, jitter
 
     def __len__(self):
         return 10 ** 9
 
     def __getitem__(self, step):
         images, prompts, samples = data.sample_batch(self.seed, step, self.n, self.random_frac, fonts=self.fonts,
-                                                     max_letters=self.max_letters)
+                                                     max_letters=self.max_letters, templates=self.templates,
+                                                     jitter=self.jitter)
         return data.to_tensor(images), prompts, text_weights(samples, self.text_weight)
 
 
 def batches(args, start):
     """(step, pixels, prompts, loss weights) from ``start`` on, the same with or without workers."""
     dataset = _Batches(args.seed, args.batch, args.random_frac, runargs.fonts(args), args.max_letters,
-                       args.text_weight)
+                       args.text_weight, runargs.templates(args), not args.no_jitter)
     if not args.workers:
         step = start
         while True:

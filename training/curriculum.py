@@ -3,10 +3,11 @@ model's training in whatever stage its step count is, across sessions and machin
 
     python -m training.curriculum spell --out runs/spell --minutes 120 [TRAINER ARGS ...]
     python -m training.curriculum mmdit --out runs/mmdit7 --minutes 100 --probe-every 100
-    python -m training.curriculum stages        # the stages' trainer arguments, one line each (training/gpu/)
+    python -m training.curriculum spell --stages    # its stages' trainer arguments, one line each (training/gpu/)
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
-strings) -> all lengths in mono -> all three faces. Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
+strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template at
+batch 32 (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
 are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
 model's trainer (``training.<model>.train``) in the stage of the current step with ``--until`` that stage's end,
 then the next stage; from ``OUT/ckpt.pt`` when there (``--resume``: bit for bit), else warm-started from the
@@ -30,12 +31,15 @@ STAGES = ("--fonts mono --max-letters 1 --random-frac 1.0",  # 1: single letters
           "--fonts mono --max-letters 3 --random-frac 0.5",  # 2: words of at most 3 letters, half random strings
           "--fonts mono",                                     # 3: all lengths, mono
           "")                                                 # 4: the full data, all faces
-#: per model, the step at which each of STAGES ends (None: never)
+#: spell's stage 0: the controlled single-letter test's data (training/spell/letter_test.py), where the UNet learns
+#: letters in ~250 steps at batch 32 while on stage 1's data (11 templates, jitter) it stays at chance
+FIRST_LETTERS = STAGES[0] + " --templates 0 --no-jitter --batch 32"
+#: per model, its stages as (the step at which it ends or None: never, its trainer arguments)
 PLANS = {
-    "mmdit": (13500, 20400, 27284, None),  # as its run went (docs/model-card-mmdit.md)
-    # glyph-mmdit's stage lengths in samples (7,700 and 6,900 steps at batch 32) at spell's batch 8, from step
-    # 1488 (letters at chance); at 7646 single letters were still at chance (docs/model-card-spell.md)
-    "spell": (32000, 60000, 88000, None),
+    "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
+    # stage 0 added at step 7646 (letters at chance after 6,158 stage-1 steps); then glyph-mmdit's stage lengths
+    # in samples (7,700 and 6,900 steps at batch 32) at spell's batch 8 (docs/model-card-spell.md)
+    "spell": ((8000, FIRST_LETTERS), (32000, STAGES[0]), (60000, STAGES[1]), (88000, STAGES[2]), (None, STAGES[3])),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
@@ -49,10 +53,10 @@ SHIPPED = {"mmdit": ROOT / "diffprobe/zoo/glyph_mmdit/weights"}  # the warm star
 
 def stage(model: str, step: int, plan=None) -> tuple[int, int | None, str]:
     """(stage index from 0, the step it ends at or None, its trainer arguments) for ``step``."""
-    for i, end in enumerate(plan or PLANS[model]):
+    for i, (end, args) in enumerate(plan or PLANS[model]):
         if end is None or step < end:
-            return i, end, STAGES[i]
-    raise SpecError(f"step {step} is past the last stage of {model}'s plan {plan or PLANS[model]}")
+            return i, end, args
+    raise SpecError(f"step {step} is past the last stage of {model}'s plan {[e for e, _ in plan or PLANS[model]]}")
 
 
 def current_step(out: pathlib.Path) -> int | None:
@@ -86,7 +90,7 @@ def run(model: str, out: pathlib.Path, minutes: float, trainer_args=(), plan=Non
         i, end, args = stage(model, step, plan)
         argv = ["--out", str(out), *start, *RECIPES[model].split(), *args.split(),
                 *(["--until", str(end)] if end is not None else []), "--max-minutes", f"{left:.2f}", *trainer_args]
-        print(f"curriculum: {model} stage {i + 1}/{len(STAGES)} ({args or 'the full data'}) from step {step}"
+        print(f"curriculum: {model} stage {i + 1}/{len(plan or PLANS[model])} ({args or 'the full data'}) from step {step}"
               f"{f' to {end}' if end is not None else ''}, {left:.1f} min left", flush=True)
         ran.append(argv)
         main(argv)
@@ -97,12 +101,13 @@ def run(model: str, out: pathlib.Path, minutes: float, trainer_args=(), plan=Non
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=(*PLANS, "stages"))
+    p.add_argument("model", choices=tuple(PLANS))
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--stages", action="store_true", help="print the model's stages' trainer arguments, one a line")
     args, trainer_args = p.parse_known_args(argv)
-    if args.model == "stages":
-        print("\n".join(STAGES))
+    if args.stages:
+        print("\n".join(a for _, a in PLANS[args.model]))
         return
     if args.out is None:
         p.error(f"{args.model}: --out RUN is needed (e.g. runs/{args.model})")

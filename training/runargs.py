@@ -30,6 +30,10 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
                    help="faces to train on, comma-separated (a curriculum: 'mono' alone puts letter k in fixed columns)")
     p.add_argument("--max-letters", type=int, default=data.MAX_LETTERS, choices=range(1, data.MAX_LETTERS + 1),
                    help="train on words of at most this many letters (a curriculum: short words first)")
+    p.add_argument("--templates", default=None,
+                   help="train on these templates only, comma-separated indices (a curriculum: '0' is the red sign)")
+    p.add_argument("--no-jitter", action="store_true",
+                   help="draw every sample in its template's own colours, size and place (a curriculum's first stage)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--text-weight", type=float, default=0.0,
@@ -56,9 +60,24 @@ def fonts(args) -> tuple[str, ...]:
     return faces
 
 
+def templates(args) -> tuple[int, ...] | None:
+    """``--templates`` as a tuple of indices (None: all), checked against ``--fonts``: a SpecError when one is not
+    a template or when every combination left is held out."""
+    if args.templates is None:
+        return None
+    try:
+        picked = tuple(int(t) for t in args.templates.split(","))
+    except ValueError:
+        raise SpecError(f"--templates {args.templates!r}: comma-separated indices 0 to {len(data.TEMPLATES) - 1} "
+                        f"({', '.join(data.TEMPLATE_NAMES)})") from None
+    data.train_combos_of(fonts(args), picked)
+    return picked
+
+
 def check(args) -> None:
-    """The data mix, checked before any model is built: an unknown face or a negative ``--text-weight`` is a
-    SpecError."""
+    """The data mix, checked before any model is built: an unknown face or template, or a negative
+    ``--text-weight`` is a SpecError."""
     fonts(args)
+    templates(args)
     if args.text_weight < 0:
         raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")

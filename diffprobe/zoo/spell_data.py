@@ -269,22 +269,41 @@ def train_combos(fonts: tuple[str, ...] = FONT_NAMES) -> list[tuple[int, str]]:
     return [(t, f) for t in range(len(TEMPLATES)) for f in FONT_NAMES if f in fonts and (t, f) not in HELD_OUT_COMBOS]
 
 
+def train_combos_of(fonts: tuple[str, ...] = FONT_NAMES, templates: tuple[int, ...] | None = None):
+    """:func:`train_combos` narrowed to ``templates`` (indices; None: all); a SpecError when none is left."""
+    from diffprobe.errors import SpecError
+
+    combos = train_combos(fonts)
+    if templates is None:
+        return combos
+    bad = [t for t in templates if not 0 <= t < len(TEMPLATES)]
+    if bad or not templates:
+        raise SpecError(f"templates {bad or '()'}: choose indices 0 to {len(TEMPLATES) - 1} ({', '.join(TEMPLATE_NAMES)})")
+    combos = [(t, f) for t, f in combos if t in templates]
+    if not combos:
+        raise SpecError(f"templates {list(templates)} in {', '.join(fonts)}: every such combination is held out "
+                        f"({sorted(HELD_OUT_COMBOS)}); add a template or a face")
+    return combos
+
+
 def sample_batch(seed: int, step: int, n: int, random_frac: float = 0.25, font_in_prompt: float = 0.5,
-                 fonts: tuple[str, ...] = FONT_NAMES, max_letters: int = MAX_LETTERS):
-    """(images, prompts, samples) of training batch ``step``: a pure function of its arguments. ``fonts`` and
-    ``max_letters`` narrow the faces and the word lengths, for a curriculum (mono alone puts letter k in fixed
-    columns; with one-letter words, what the letter looks like is a signal for the whole image)."""
+                 fonts: tuple[str, ...] = FONT_NAMES, max_letters: int = MAX_LETTERS,
+                 templates: tuple[int, ...] | None = None, jitter: bool = True):
+    """(images, prompts, samples) of training batch ``step``: a pure function of its arguments. ``fonts``,
+    ``max_letters`` and ``templates`` narrow the faces, the word lengths and the templates, and ``jitter=False``
+    draws every sample in its template's own colours, size and place, for a curriculum (mono alone puts letter k
+    in fixed columns; with one-letter words on one unjittered template, the letter is all that varies)."""
     if not 1 <= max_letters <= MAX_LETTERS:
         from diffprobe.errors import SpecError
 
         raise SpecError(f"max_letters={max_letters}: choose 1 to {MAX_LETTERS}")
     rng = np.random.default_rng([seed, step, 7919])
-    words, combos = train_words(max_letters), train_combos(tuple(fonts))
+    words, combos = train_words(max_letters), train_combos_of(tuple(fonts), templates)
     samples, prompts = [], []
     for _ in range(n):
         t, f = combos[int(rng.integers(len(combos)))]
         w = random_string(rng, max_letters) if rng.random() < random_frac else words[int(rng.integers(len(words)))]
-        s = jittered(t, w, f, rng)
+        s = jittered(t, w, f, rng) if jitter else canonical(t, w, f)
         samples.append(s)
         prompts.append(prompt(t, w, f if rng.random() < font_in_prompt else None))
     return [render(s) for s in samples], prompts, samples

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (device tool, carry=[".gpu"], after training/gpu/bundle.sh here): continue the training of
 # MODEL (mmdit = glyph-mmdit, the default; spell = the character-aware UNet) from FROM through the curriculum of
-# the model cards (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces),
+# the model cards (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces;
+# spell first: single letters on one unjittered template),
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint, else the shipped weights with the
 #                 letter codes re-drawn;  (spell): training/spell/checkpoint (templates learnt, letters at chance).
@@ -37,11 +38,12 @@ case "$MODEL" in
     [ "$DEVICE" = cuda ] || COMMON+=(--no-bf16)  # bf16 is ~30x slower on CPUs without it
     FROM=${FROM:-training/spell/checkpoint}
     START=(--init-from "$FROM")
-    DEFAULT_SHARES="0.4 0.3 0.15 0.15" ;;  # letters are at chance: most of the time goes to single letters
+    # stage 0 (one template, no jitter, batch 32) forms the letter path; then most of the time to single letters
+    DEFAULT_SHARES="0.1 0.35 0.25 0.15 0.15" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 if [ "${CURRICULUM:-1}" = 1 ]; then
-  mapfile -t STAGES < <($PY -m training.curriculum stages)  # the four stages of training/curriculum.py
+  mapfile -t STAGES < <($PY -m training.curriculum "$MODEL" --stages)  # the model's stages in training/curriculum.py
   read -r -a SHARES <<< "${STAGE_SHARES:-$DEFAULT_SHARES}"
 else
   STAGES=(""); SHARES=(1)

@@ -1,0 +1,134 @@
+"""Can the `spell` UNet learn single letters at all? A controlled test (docs/model-card-spell.md, twelfth session):
+
+    python -m training.spell.letter_test [--init FOLDER|scratch] [--layout model|alone] [--varied] [--steps 200]
+
+From a snapshot's weights (default training/spell/checkpoint; ``scratch`` builds fresh ones; nothing is written
+back): one template (the red sign), mono, the letters A-Z rendered without jitter, batch 32, the trainer's recipe
+(v-prediction, cosine schedule, half the timesteps from [900, 1000), AdamW lr 5e-4 / text lr 3e-4, grad clip 1, fp32),
+no EMA, no empty prompts. Every 25 steps: accuracy of the x0 prediction at t=999 from pure noise (nearest of the 26
+clean renders; chance 1/26, one noise per letter) and the spread: the mean |x0(a) - x0(b)| between the 26
+letters' predictions from ONE shared noise (0: the text is ignored).
+``--layout`` places the quoted letter: ``model`` as the model is prompted (``a red sign in mono letters that says
+"A"``), ``alone`` (``"A"``: only the letter's tokens). ``--varied`` trains on the curriculum's stage-1 batches instead
+(single random letters on every mono training template, jittered, prompts with and without the face; measured
+on the red sign as before): what the variation costs at the same batch. The mirror of training/mmdit/letter_test.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+from diffprobe.zoo import spell_data as data
+from training.glyph.train import x0_from_v
+
+from . import model
+from .train import LETTERS, load_from
+
+LAYOUTS = {
+    "model": lambda c: data.prompt(0, c, "mono"),
+    "alone": lambda c: f'"{c}"',
+}
+DEFAULT_INIT = pathlib.Path(__file__).resolve().parent / "checkpoint"
+
+
+def build(init: str | pathlib.Path):
+    """(unet, text encoder, tokenizer, where the weights came from)."""
+    torch.manual_seed(0)
+    tok = model.build_tokenizer()
+    te, unet = model.build_text_encoder(len(tok)), model.build_unet()
+    origin = "scratch"
+    if str(init) != "scratch":
+        folder = pathlib.Path(init)
+        load_from(folder, unet, te)
+        step = json.loads((folder / "train_state.json").read_text())["step"]
+        origin = f"{folder} (step {step})"
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet.set_attn_processor(AttnProcessor())  # as the trainer on CPU
+    return unet, te, tok, origin
+
+
+def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int = 25, lr: float = 5e-4,
+        text_lr: float = 3e-4, batch: int = 32, varied: bool = False):
+    """Yields (step, accuracy, spread, seconds) every ``every`` steps, from step 0 (before training) to ``steps``."""
+    unet, te, tok, _ = build(init)
+    sched = model.build_train_scheduler()
+    T, acp = sched.config.num_train_timesteps, sched.alphas_cumprod.float()
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": lr},
+                             {"params": list(te.parameters()), "lr": text_lr}], betas=(0.9, 0.99), weight_decay=0.01)
+    params = list(unet.parameters()) + list(te.parameters())
+    prompt = LAYOUTS[layout]
+    refs = data.to_tensor([data.render(data.canonical(0, c, "mono")) for c in LETTERS])
+    probe_noise = torch.randn(26, 3, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(9))
+    g, rng = torch.Generator().manual_seed(1), np.random.default_rng(0)
+
+    @torch.no_grad()
+    def measure():
+        unet.eval(), te.eval()
+        t = torch.full((26,), T - 1, dtype=torch.long)
+        e = model.encode(te, tok, [prompt(c) for c in LETTERS])
+
+        def x0(noise):
+            return x0_from_v(sched, noise, unet(noise, t, encoder_hidden_states=e).sample[:, :3], t)
+
+        x = x0(probe_noise)
+        d = ((x[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4))
+        shared = x0(probe_noise[:1].expand(26, -1, -1, -1))
+        spread = (shared[:, None] - shared[None]).abs().mean(dim=(2, 3, 4)).sum() / (26 * 25)
+        return (d.argmin(1) == torch.arange(26)).float().mean().item(), spread.item()
+
+    t0 = time.time()
+    for step in range(steps + 1):
+        if step % every == 0:
+            acc, spread = measure()
+            yield step, round(acc, 3), round(spread, 4), round(time.time() - t0)
+        if step == steps:
+            break
+        unet.train(), te.train()
+        if varied:
+            images, prompts, _ = data.sample_batch(0, step, batch, 1.0, fonts=("mono",), max_letters=1)
+            x0 = data.to_tensor(images)
+        else:
+            picked = torch.from_numpy(rng.integers(0, 26, batch))
+            x0, prompts = refs[picked], [prompt(LETTERS[i]) for i in picked.tolist()]
+        ids, mask = model.tokenize(tok, prompts)
+        noisy = torch.rand(batch, generator=g) < 0.5
+        t_lo = torch.where(noisy, int(0.9 * T), 0)
+        t = t_lo + (torch.rand(batch, generator=g) * (T - t_lo)).long().clamp(max=T - 1)
+        noise = torch.randn(x0.shape, generator=g)
+        a = acp[t].view(-1, 1, 1, 1)
+        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=te(ids, attention_mask=mask)[0])
+        loss = ((pred.sample[:, :3] - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default=str(DEFAULT_INIT), help="a spell snapshot folder, or 'scratch'")
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default="model")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--text-lr", type=float, default=3e-4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--varied", action="store_true", help="train on stage-1 batches (all mono templates, jitter)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"init {args.init}, layout {args.layout}, lr {args.lr}/{args.text_lr}, batch {args.batch}, "
+          f"{'stage-1 batches' if args.varied else 'one template, no jitter'}", flush=True)
+    for step, acc, spread, secs in run(args.init, args.layout, args.steps, args.every, args.lr, args.text_lr,
+                                       args.batch, args.varied):
+        print(f"step {step}: single-letter accuracy {acc}, spread {spread} ({secs} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
