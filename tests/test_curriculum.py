@@ -19,7 +19,8 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("mmdit", 13500)[:2] == (1, 20400)
     assert curriculum.stage("mmdit", 27284) == (3, None, "")
     assert curriculum.stage("spell", 7646) == (0, 8000, curriculum.FIRST_LETTERS)
-    assert curriculum.stage("spell", 8000) == (1, 32000, curriculum.STAGES[0])
+    assert curriculum.stage("spell", 8000) == (1, 9000, curriculum.STILL_LETTERS)
+    assert curriculum.stage("spell", 9000) == (2, 16700, curriculum.STAGES[0])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
@@ -98,3 +99,50 @@ def test_the_spell_trainer_runs_through_three_stages(tmp_path):
     assert (recipe["fonts"], recipe["max_letters"], recipe["lr"], recipe["text_lr"]) == ("mono", 8, 5e-4, 3e-4)
     probes = (tmp_path / "probe.csv").read_text().splitlines()
     assert "single_letter_acc" in probes[0] and len(probes) == 1 + 3  # a probe at each stage end
+
+
+def test_a_raw_snapshot_holds_the_runs_raw_weights_and_says_so(tmp_path):
+    """--snapshot RUN --raw-snapshot: ckpt.pt's weights (not the EMA pipeline/) as a loadable snapshot."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from training.spell import train
+
+    snap = curriculum.SNAPSHOTS["spell"]
+    run = tmp_path / "run"
+    shutil.copytree(snap, run / "pipeline")
+    unet = {k: v.float() for k, v in UNet2DConditionModel.from_pretrained(snap / "unet").state_dict().items()}
+    unet["conv_out.bias"] = unet["conv_out.bias"] + 0.5  # the raw weights differ from the EMA's
+    te = train.model.build_text_encoder(len(train.model.build_tokenizer()))
+    train.load_from(snap, train.model.build_unet(), te)
+    step = json.loads((snap / "train_state.json").read_text())["step"]
+    torch.save({"unet": unet, "te": te.state_dict(), "step": step}, run / "ckpt.pt")
+    train.main(["--snapshot", str(run), "--raw-snapshot", "--to", str(tmp_path / "snap")])
+    got = UNet2DConditionModel.from_pretrained(tmp_path / "snap" / "unet").state_dict()
+    assert all(torch.equal(got[k], v.half()) for k, v in unet.items())
+    state = json.loads((tmp_path / "snap" / "train_state.json").read_text())
+    assert state["step"] == step and state["weights"].startswith("raw")
+    torch.save({"unet": unet, "te": te.state_dict(), "step": step + 1}, run / "ckpt.pt")
+    with pytest.raises(RuntimeError, match="ckpt.pt is at step"):  # a checkpoint newer than its pipeline/
+        train.main(["--snapshot", str(run), "--raw-snapshot", "--to", str(tmp_path / "snap2")])
+
+
+def test_the_spell_letter_test_trains_on_the_data_it_names_and_only_measures_with_no_steps(monkeypatch):
+    from diffprobe.zoo import spell_data
+    from training.spell import letter_test
+
+    rows = list(letter_test.run(curriculum.SNAPSHOTS["spell"], steps=0, batch=2))
+    assert len(rows) == 1 and rows[0][0] == 0 and 0.0 <= rows[0][1] <= 1.0 and rows[0][2] >= 0.0
+    asked = []
+
+    def sample_batch(*args, **kw):
+        asked.append((kw["templates"], kw["jitter"]))
+        return spell_data.sample_batch(*args, **kw)
+
+    monkeypatch.setattr(letter_test.data, "sample_batch", sample_batch)
+    for templates, jitter, drawn in ((None, False, []), ("all", False, [(None, False)]), ((0, 3), True, [((0, 3), True)])):
+        asked.clear()
+        rows = list(letter_test.run(curriculum.SNAPSHOTS["spell"], steps=1, every=1, batch=2, templates=templates,
+                                    jitter=jitter))
+        assert [r[0] for r in rows] == [0, 1] and asked == drawn  # None: the red sign's own renders, no sampler

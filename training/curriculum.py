@@ -6,8 +6,8 @@ model's training in whatever stage its step count is, across sessions and machin
     python -m training.curriculum spell --stages    # its stages' trainer arguments, one line each (training/gpu/)
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
-strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template at
-batch 32 (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
+strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template,
+then on all of them unjittered (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
 are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
 model's trainer (``training.<model>.train``) in the stage of the current step with ``--until`` that stage's end,
 then the next stage; from ``OUT/ckpt.pt`` when there (``--resume``: bit for bit), else warm-started from the
@@ -33,18 +33,23 @@ STAGES = ("--fonts mono --max-letters 1 --random-frac 1.0",  # 1: single letters
           "")                                                 # 4: the full data, all faces
 #: spell's stage 0: the controlled single-letter test's data (training/spell/letter_test.py), where the UNet learns
 #: letters in ~250 steps at batch 32 while on stage 1's data (11 templates, jitter) it stays at chance
-FIRST_LETTERS = STAGES[0] + " --templates 0 --no-jitter --batch 32"
+FIRST_LETTERS = STAGES[0] + " --templates 0 --no-jitter"
+#: then on every mono template, still unjittered: from step 8000's weights this keeps the letters (0.46 on the red
+#: sign after 75 steps) where stage 1 (templates AND jitter) erased them (0.73 -> 0.12 in 200 steps)
+STILL_LETTERS = STAGES[0] + " --no-jitter"
 #: per model, its stages as (the step at which it ends or None: never, its trainer arguments)
 PLANS = {
     "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
-    # stage 0 added at step 7646 (letters at chance after 6,158 stage-1 steps); then glyph-mmdit's stage lengths
-    # in samples (7,700 and 6,900 steps at batch 32) at spell's batch 8 (docs/model-card-spell.md)
-    "spell": ((8000, FIRST_LETTERS), (32000, STAGES[0]), (60000, STAGES[1]), (88000, STAGES[2]), (None, STAGES[3])),
+    # spell: stages 0 and 0b added at step 7646 (letters at chance after 6,158 stage-1 steps at batch 8), then
+    # glyph-mmdit's stage lengths (7,700, 6,900 and 6,884 steps at batch 32; docs/model-card-spell.md, twelfth session)
+    "spell": ((8000, FIRST_LETTERS), (9000, STILL_LETTERS), (16700, STAGES[0]), (23600, STAGES[1]), (30484, STAGES[2]),
+              (None, STAGES[3])),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
-    "spell": "--batch 8 --lr 5e-4 --text-lr 3e-4 --steps 200000",  # text lr 1e-3 collapsed the text encoder;
-    # --steps: the lr stays flat through the stages (it decays over the last 20% of --steps)
+    # batch 32 from step 7646 (8 before: the letters stage 0 taught faded within 600 steps of stage 1 at batch 8);
+    # text lr 1e-3 collapsed the text encoder; --steps: the lr stays flat (it decays over the last 20% of --steps)
+    "spell": "--batch 32 --lr 5e-4 --text-lr 3e-4 --steps 200000",
 }
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SNAPSHOTS = {"mmdit": ROOT / "training/mmdit/checkpoint", "spell": ROOT / "training/spell/checkpoint"}

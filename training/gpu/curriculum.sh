@@ -2,10 +2,10 @@
 # On a lent GPU machine (device tool, carry=[".gpu"], after training/gpu/bundle.sh here): continue the training of
 # MODEL (mmdit = glyph-mmdit, the default; spell = the character-aware UNet) from FROM through the curriculum of
 # the model cards (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces;
-# spell first: single letters on one unjittered template),
+# spell first: single letters on one unjittered template, then on all),
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint, else the shipped weights with the
-#                 letter codes re-drawn;  (spell): training/spell/checkpoint (templates learnt, letters at chance).
+#                 letter codes re-drawn;  (spell): training/spell/checkpoint (step 8000: letters on the red sign).
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
 # CURRICULUM=0 trains on the full data only. DEVICE=cpu BATCH=4 MINUTES=1 OUT=/tmp/o runs it here, as the tests do.
 set -uo pipefail
@@ -38,8 +38,8 @@ case "$MODEL" in
     [ "$DEVICE" = cuda ] || COMMON+=(--no-bf16)  # bf16 is ~30x slower on CPUs without it
     FROM=${FROM:-training/spell/checkpoint}
     START=(--init-from "$FROM")
-    # stage 0 (one template, no jitter, batch 32) forms the letter path; then most of the time to single letters
-    DEFAULT_SHARES="0.1 0.35 0.25 0.15 0.15" ;;
+    # stages 0 and 0b (one template, then all, without jitter) form the letter path; then single letters jittered
+    DEFAULT_SHARES="0.05 0.1 0.3 0.25 0.15 0.15" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 if [ "${CURRICULUM:-1}" = 1 ]; then

@@ -1,9 +1,9 @@
 """Can the `spell` UNet learn single letters at all? A controlled test (docs/model-card-spell.md, twelfth session):
 
-    python -m training.spell.letter_test [--init FOLDER|scratch] [--layout model|alone] [--varied] [--steps 200]
+    python -m training.spell.letter_test [--init FOLDER|scratch] [--layout model|alone] [--varied | --templates T,.. [--jitter]]
 
-From a snapshot's weights (default training/spell/checkpoint; ``scratch`` builds fresh ones; nothing is written
-back): one template (the red sign), mono, the letters A-Z rendered without jitter, batch 32, the trainer's recipe
+From a snapshot's weights (default training/spell/checkpoint; a run's ``ckpt.pt``: its raw weights; ``scratch``
+builds fresh ones; nothing is written back; ``--steps 0`` only measures): one template (the red sign), mono, the letters A-Z rendered without jitter, batch 32, the trainer's recipe
 (v-prediction, cosine schedule, half the timesteps from [900, 1000), AdamW lr 5e-4 / text lr 3e-4, grad clip 1, fp32),
 no EMA, no empty prompts. Every 25 steps: accuracy of the x0 prediction at t=999 from pure noise (nearest of the 26
 clean renders; chance 1/26, one noise per letter) and the spread: the mean |x0(a) - x0(b)| between the 26
@@ -11,7 +11,8 @@ letters' predictions from ONE shared noise (0: the text is ignored).
 ``--layout`` places the quoted letter: ``model`` as the model is prompted (``a red sign in mono letters that says
 "A"``), ``alone`` (``"A"``: only the letter's tokens). ``--varied`` trains on the curriculum's stage-1 batches instead
 (single random letters on every mono training template, jittered, prompts with and without the face; measured
-on the red sign as before): what the variation costs at the same batch. The mirror of training/mmdit/letter_test.py.
+on the red sign as before): what the variation costs at the same batch. ``--templates 0,3,..`` (``all``: every
+mono training template) and ``--jitter`` take that variation apart (``--varied`` = ``--templates all --jitter``). The mirror of training/mmdit/letter_test.py.
 """
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def build(init: str | pathlib.Path):
     tok = model.build_tokenizer()
     te, unet = model.build_text_encoder(len(tok)), model.build_unet()
     origin = "scratch"
-    if str(init) != "scratch":
+    if str(init).endswith(".pt"):  # a run's ckpt.pt: its raw (not EMA) weights
+        ck = torch.load(init, map_location="cpu", weights_only=False)
+        unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
+        origin = f"{init} (raw, step {ck['step']})"
+    elif str(init) != "scratch":
         folder = pathlib.Path(init)
         load_from(folder, unet, te)
         step = json.loads((folder / "train_state.json").read_text())["step"]
@@ -54,8 +59,9 @@ def build(init: str | pathlib.Path):
 
 
 def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int = 25, lr: float = 5e-4,
-        text_lr: float = 3e-4, batch: int = 32, varied: bool = False):
-    """Yields (step, accuracy, spread, seconds) every ``every`` steps, from step 0 (before training) to ``steps``."""
+        text_lr: float = 3e-4, batch: int = 32, templates=None, jitter: bool = False):
+    """Yields (step, accuracy, spread, seconds) every ``every`` steps, from step 0 (before training) to ``steps``.
+    ``templates``: None (the red sign's own renders), ``"all"`` or indices: batches from ``spell_data.sample_batch``."""
     unet, te, tok, _ = build(init)
     sched = model.build_train_scheduler()
     T, acp = sched.config.num_train_timesteps, sched.alphas_cumprod.float()
@@ -90,8 +96,9 @@ def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int =
         if step == steps:
             break
         unet.train(), te.train()
-        if varied:
-            images, prompts, _ = data.sample_batch(0, step, batch, 1.0, fonts=("mono",), max_letters=1)
+        if templates is not None:
+            images, prompts, _ = data.sample_batch(0, step, batch, 1.0, fonts=("mono",), max_letters=1,
+                                                   templates=None if templates == "all" else templates, jitter=jitter)
             x0 = data.to_tensor(images)
         else:
             picked = torch.from_numpy(rng.integers(0, 26, batch))
@@ -112,7 +119,7 @@ def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int =
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default=str(DEFAULT_INIT), help="a spell snapshot folder, or 'scratch'")
+    p.add_argument("--init", default=str(DEFAULT_INIT), help="a spell snapshot folder, a run's ckpt.pt, or 'scratch'")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default="model")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--every", type=int, default=25)
@@ -120,13 +127,20 @@ def main(argv=None):
     p.add_argument("--text-lr", type=float, default=3e-4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--varied", action="store_true", help="train on stage-1 batches (all mono templates, jitter)")
+    p.add_argument("--templates", default=None, help="train on these mono templates ('all', or indices 0,3,..)")
+    p.add_argument("--jitter", action="store_true", help="jitter colours, size and place as the trainer does")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"init {args.init}, layout {args.layout}, lr {args.lr}/{args.text_lr}, batch {args.batch}, "
-          f"{'stage-1 batches' if args.varied else 'one template, no jitter'}", flush=True)
+          f"{'stage-1 batches' if args.varied else f'templates {args.templates or 0}, jitter {args.jitter}'}", flush=True)
+    templates, jitter = ("all", True) if args.varied else (args.templates, args.jitter)
+    if templates not in (None, "all"):
+        templates = tuple(int(t) for t in templates.split(","))
+    elif templates is None and jitter:
+        templates = (0,)
     for step, acc, spread, secs in run(args.init, args.layout, args.steps, args.every, args.lr, args.text_lr,
-                                       args.batch, args.varied):
+                                       args.batch, templates, jitter):
         print(f"step {step}: single-letter accuracy {acc}, spread {spread} ({secs} s)", flush=True)
 
 

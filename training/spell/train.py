@@ -3,11 +3,13 @@
     python -m training.spell.train --out runs/spell [--steps N] [--resume]
     python -m training.spell.train --out runs/spell --init-from training/spell/checkpoint   # new machine
     python -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint     # write the snapshot
+    python -m training.spell.train --snapshot runs/spell --raw-snapshot     # ... of the raw weights (ckpt.pt)
 
 --out gets ``ckpt.pt`` (atomic; full state: weights, AdamW, EMA, noise generator, step, wall time; --resume
 continues bit-for-bit), ``loss.csv``, ``probe.csv``, ``train.json`` and ``pipeline/`` (the EMA weights as a stock
 IFPipeline directory with the UNet in fp16, plus ``train_state.json``; refreshed atomically at every checkpoint).
-``--snapshot`` copies that ``pipeline/`` to a committed folder; ``--init-from`` warm-starts UNet + text encoder +
+``--snapshot`` copies that ``pipeline/`` to a committed folder (``--raw-snapshot``: exports ``ckpt.pt``'s raw weights
+instead, for a short stage the EMA has not caught up with); ``--init-from`` warm-starts UNet + text encoder +
 EMA from such a folder and continues the step count (and so the data stream; AdamW moments restart, hence a
 fresh warm-up). ``--unet-from`` warm-starts only the UNet (e.g. from the shipped 32x96 glyph model, whose layer
 shapes are identical: convolutions do not care about the image width).
@@ -44,6 +46,8 @@ def parse_args(argv=None):
                            threads=1, init_from_help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
     p.add_argument("--text-lr", type=float, default=1e-3)
     p.add_argument("--no-bf16", action="store_true", help="fp32 (use on CPUs without native bf16: ~30x faster there)")
+    p.add_argument("--raw-snapshot", action="store_true",
+                   help="with --snapshot: export the run's raw weights (ckpt.pt), not its EMA pipeline/")
     p.add_argument("--unet-from", type=pathlib.Path, default=None,
                    help="warm-start only the UNet from a pipeline folder (e.g. diffprobe/zoo/glyph/weights)")
     return p.parse_args(argv)
@@ -170,11 +174,12 @@ class Prober:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_pipeline(unet, te, tok, ema, path, state: dict):
-    """The EMA weights as an IFPipeline folder (UNet fp16, text encoder fp32), plus train_state.json; atomic."""
+    """The EMA weights (``ema=None``: the weights given) as an IFPipeline folder (UNet fp16, text encoder fp32), plus train_state.json; atomic."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     u2, t2 = copy.deepcopy(unet), copy.deepcopy(te)
-    ema.copy_to([u2, t2])
+    if ema is not None:  # None: the weights as they are (a raw snapshot)
+        ema.copy_to([u2, t2])
     u2, t2 = u2.cpu(), t2.cpu()
     u2.set_attn_processor(AttnProcessor2_0())
     u2.to(torch.float16)
@@ -203,6 +208,22 @@ def snapshot(run: pathlib.Path, to: pathlib.Path):
     return to
 
 
+def raw_snapshot(run: pathlib.Path, to: pathlib.Path):
+    """Export ``run/ckpt.pt``'s raw (not EMA) weights to ``to`` as a snapshot (``train_state.json`` says so), atomically."""
+    ck = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
+    tok = model.build_tokenizer()
+    te, unet = model.build_text_encoder(len(tok)), model.build_unet()
+    unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
+    model.tokenize(tok, [""])  # as in training: sets the 77-token padding the saved tokenizer.json records
+    state = json.loads((run / "pipeline" / "train_state.json").read_text())
+    if state["step"] != ck["step"]:
+        raise RuntimeError(f"{run}: ckpt.pt is at step {ck['step']} but pipeline/ at {state['step']}")
+    state.update(weights="raw (ckpt.pt), not EMA", saved=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    export_pipeline(unet, te, tok, None, to, state)
+    print(f"raw snapshot of step {ck['step']} -> {to}")
+    return to
+
+
 def load_from(folder: pathlib.Path, unet, te=None):
     from diffusers import UNet2DConditionModel
     from transformers import T5EncoderModel
@@ -219,7 +240,7 @@ def main(argv=None):
     args = parse_args(argv)
     runargs.check(args)  # an unknown face, a negative --text-weight: SpecError before anything is built
     if args.snapshot is not None:
-        snapshot(args.snapshot, args.to)
+        (raw_snapshot if args.raw_snapshot else snapshot)(args.snapshot, args.to)
         return
     torch.set_num_threads(args.threads)
     from diffusers.models.attention_processor import AttnProcessor
