@@ -134,11 +134,11 @@ def test_the_spell_letter_test_trains_on_the_data_it_names_and_only_measures_wit
 
     rows = list(letter_test.run(curriculum.SNAPSHOTS["spell"], steps=0, batch=2))
     assert len(rows) == 1 and rows[0][0] == 0 and 0.0 <= rows[0][1] <= 1.0 and rows[0][2] >= 0.0
-    asked = []
+    asked, original = [], spell_data.sample_batch
 
     def sample_batch(*args, **kw):
         asked.append((kw["templates"], kw["jitter"]))
-        return spell_data.sample_batch(*args, **kw)
+        return original(*args, **kw)
 
     monkeypatch.setattr(letter_test.data, "sample_batch", sample_batch)
     for templates, jitter, drawn in ((None, False, []), ("all", False, [(None, False)]), ((0, 3), True, [((0, 3), True)])):
