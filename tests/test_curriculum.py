@@ -146,3 +146,7 @@ def test_the_spell_letter_test_trains_on_the_data_it_names_and_only_measures_wit
         rows = list(letter_test.run(curriculum.SNAPSHOTS["spell"], steps=1, every=1, batch=2, templates=templates,
                                     jitter=jitter))
         assert [r[0] for r in rows] == [0, 1] and asked == drawn  # None: the red sign's own renders, no sampler
+    monkeypatch.setattr(letter_test, "run", lambda *a, **k: pytest.fail("bad --templates reached the model"))
+    for bad, match in (("12", "choose indices 0 to 11"), ("a", "comma-separated indices"), ("1", "held out")):
+        with pytest.raises(SpecError, match=match):
+            letter_test.main(["--templates", bad, "--steps", "0"])

@@ -7,8 +7,8 @@ model's training in whatever stage its step count is, across sessions and machin
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
 strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template,
-then on all of them unjittered (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's
-are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
+then on all of them unjittered (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step
+(``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
 model's trainer (``training.<model>.train``) in the stage of the current step with ``--until`` that stage's end,
 then the next stage; from ``OUT/ckpt.pt`` when there (``--resume``: bit for bit), else warm-started from the
 committed snapshot (``--init-from``: step count and data stream continue, AdamW restarts). TRAINER ARGS come last,
@@ -95,7 +95,8 @@ def run(model: str, out: pathlib.Path, minutes: float, trainer_args=(), plan=Non
         i, end, args = stage(model, step, plan)
         argv = ["--out", str(out), *start, *RECIPES[model].split(), *args.split(),
                 *(["--until", str(end)] if end is not None else []), "--max-minutes", f"{left:.2f}", *trainer_args]
-        print(f"curriculum: {model} stage {i + 1}/{len(plan or PLANS[model])} ({args or 'the full data'}) from step {step}"
+        print(f"curriculum: {model} stage {i + 1}/{len(plan or PLANS[model])} ({args or 'the full data'}) "
+              f"from step {step}"
               f"{f' to {end}' if end is not None else ''}, {left:.1f} min left", flush=True)
         ran.append(argv)
         main(argv)

@@ -60,18 +60,23 @@ def fonts(args) -> tuple[str, ...]:
     return faces
 
 
-def templates(args) -> tuple[int, ...] | None:
-    """``--templates`` as a tuple of indices (None: all), checked against ``--fonts``: a SpecError when one is not
-    a template or when every combination left is held out."""
-    if args.templates is None:
+def parse_templates(text: str | None, faces: tuple[str, ...]) -> tuple[int, ...] | None:
+    """``--templates`` text as a tuple of indices (None: all), checked against ``faces``: a SpecError when one is
+    not a template or when every combination left is held out."""
+    if text is None:
         return None
     try:
-        picked = tuple(int(t) for t in args.templates.split(","))
+        picked = tuple(int(t) for t in text.split(","))
     except ValueError:
-        raise SpecError(f"--templates {args.templates!r}: comma-separated indices 0 to {len(data.TEMPLATES) - 1} "
+        raise SpecError(f"--templates {text!r}: comma-separated indices 0 to {len(data.TEMPLATES) - 1} "
                         f"({', '.join(data.TEMPLATE_NAMES)})") from None
-    data.train_combos_of(fonts(args), picked)
+    data.train_combos_of(faces, picked)
     return picked
+
+
+def templates(args) -> tuple[int, ...] | None:
+    """``--templates`` checked against ``--fonts`` (:func:`parse_templates`)."""
+    return parse_templates(args.templates, fonts(args))
 
 
 def check(args) -> None:

@@ -1,18 +1,21 @@
 """Can the `spell` UNet learn single letters at all? A controlled test (docs/model-card-spell.md, twelfth session):
 
-    python -m training.spell.letter_test [--init FOLDER|scratch] [--layout model|alone] [--varied | --templates T,.. [--jitter]]
+    python -m training.spell.letter_test [--init FOLDER|RUN/ckpt.pt|scratch] [--layout model|alone]
+                                         [--varied | --templates all|T,.. [--jitter]] [--steps 200] [--threads 2]
 
 From a snapshot's weights (default training/spell/checkpoint; a run's ``ckpt.pt``: its raw weights; ``scratch``
-builds fresh ones; nothing is written back; ``--steps 0`` only measures): one template (the red sign), mono, the letters A-Z rendered without jitter, batch 32, the trainer's recipe
-(v-prediction, cosine schedule, half the timesteps from [900, 1000), AdamW lr 5e-4 / text lr 3e-4, grad clip 1, fp32),
-no EMA, no empty prompts. Every 25 steps: accuracy of the x0 prediction at t=999 from pure noise (nearest of the 26
-clean renders; chance 1/26, one noise per letter) and the spread: the mean |x0(a) - x0(b)| between the 26
-letters' predictions from ONE shared noise (0: the text is ignored).
+builds fresh ones; nothing is written back; ``--steps 0`` only measures): one template (the red sign), mono, the
+letters A-Z rendered without jitter, batch 32, the trainer's recipe (v-prediction, cosine schedule, half the
+timesteps from [900, 1000), AdamW lr 5e-4 / text lr 3e-4, grad clip 1, fp32), no EMA, no empty prompts. Every 25
+steps: accuracy of the x0 prediction at t=999 from pure noise (nearest of the 26 clean renders; chance 1/26, one
+noise per letter) and the spread: the mean |x0(a) - x0(b)| between the 26 letters' predictions from ONE shared
+noise (0: the text is ignored).
 ``--layout`` places the quoted letter: ``model`` as the model is prompted (``a red sign in mono letters that says
-"A"``), ``alone`` (``"A"``: only the letter's tokens). ``--varied`` trains on the curriculum's stage-1 batches instead
-(single random letters on every mono training template, jittered, prompts with and without the face; measured
-on the red sign as before): what the variation costs at the same batch. ``--templates 0,3,..`` (``all``: every
-mono training template) and ``--jitter`` take that variation apart (``--varied`` = ``--templates all --jitter``). The mirror of training/mmdit/letter_test.py.
+"A"``), ``alone`` (``"A"``: only the letter's tokens). ``--varied`` trains on the curriculum's stage-1 batches
+instead (single random letters on every mono training template, jittered, prompts with and without the face;
+measured on the red sign as before): what the variation costs at the same batch. ``--templates 0,3,..`` (``all``:
+every mono training template) and ``--jitter`` take that variation apart (``--varied`` = ``--templates all
+--jitter``). The mirror of training/mmdit/letter_test.py.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ import numpy as np
 import torch
 
 from diffprobe.zoo import spell_data as data
+from training import runargs
 from training.glyph.train import x0_from_v
 
 from . import model
-from .train import LETTERS, load_from
+from .train import LETTERS, load_from, load_raw
 
 LAYOUTS = {
     "model": lambda c: data.prompt(0, c, "mono"),
@@ -44,9 +48,7 @@ def build(init: str | pathlib.Path):
     te, unet = model.build_text_encoder(len(tok)), model.build_unet()
     origin = "scratch"
     if str(init).endswith(".pt"):  # a run's ckpt.pt: its raw (not EMA) weights
-        ck = torch.load(init, map_location="cpu", weights_only=False)
-        unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
-        origin = f"{init} (raw, step {ck['step']})"
+        origin = f"{init} (raw, step {load_raw(pathlib.Path(init), unet, te)})"
     elif str(init) != "scratch":
         folder = pathlib.Path(init)
         load_from(folder, unet, te)
@@ -133,10 +135,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"init {args.init}, layout {args.layout}, lr {args.lr}/{args.text_lr}, batch {args.batch}, "
-          f"{'stage-1 batches' if args.varied else f'templates {args.templates or 0}, jitter {args.jitter}'}", flush=True)
+          f"{'stage-1 batches' if args.varied else f'templates {args.templates or 0}, jitter {args.jitter}'}",
+          flush=True)
     templates, jitter = ("all", True) if args.varied else (args.templates, args.jitter)
-    if templates not in (None, "all"):
-        templates = tuple(int(t) for t in templates.split(","))
+    if templates not in (None, "all"):  # checked before any model is built (SpecError names the choices)
+        templates = runargs.parse_templates(templates, ("mono",))
     elif templates is None and jitter:
         templates = (0,)
     for step, acc, spread, secs in run(args.init, args.layout, args.steps, args.every, args.lr, args.text_lr,

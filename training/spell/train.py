@@ -174,7 +174,8 @@ class Prober:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_pipeline(unet, te, tok, ema, path, state: dict):
-    """The EMA weights (``ema=None``: the weights given) as an IFPipeline folder (UNet fp16, text encoder fp32), plus train_state.json; atomic."""
+    """The EMA weights (``ema=None``: the weights given) as an IFPipeline folder (UNet fp16, text encoder fp32),
+    plus train_state.json; atomic."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     u2, t2 = copy.deepcopy(unet), copy.deepcopy(te)
@@ -209,19 +210,26 @@ def snapshot(run: pathlib.Path, to: pathlib.Path):
 
 
 def raw_snapshot(run: pathlib.Path, to: pathlib.Path):
-    """Export ``run/ckpt.pt``'s raw (not EMA) weights to ``to`` as a snapshot (``train_state.json`` says so), atomically."""
-    ck = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
+    """Export ``run/ckpt.pt``'s raw (not EMA) weights to ``to`` as a snapshot (``train_state.json`` says so),
+    atomically."""
     tok = model.build_tokenizer()
     te, unet = model.build_text_encoder(len(tok)), model.build_unet()
-    unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
+    step = load_raw(run / "ckpt.pt", unet, te)
     model.tokenize(tok, [""])  # as in training: sets the 77-token padding the saved tokenizer.json records
     state = json.loads((run / "pipeline" / "train_state.json").read_text())
-    if state["step"] != ck["step"]:
-        raise RuntimeError(f"{run}: ckpt.pt is at step {ck['step']} but pipeline/ at {state['step']}")
+    if state["step"] != step:
+        raise RuntimeError(f"{run}: ckpt.pt is at step {step} but pipeline/ at {state['step']}")
     state.update(weights="raw (ckpt.pt), not EMA", saved=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     export_pipeline(unet, te, tok, None, to, state)
-    print(f"raw snapshot of step {ck['step']} -> {to}")
+    print(f"raw snapshot of step {step} -> {to}")
     return to
+
+
+def load_raw(ckpt: pathlib.Path, unet, te) -> int:
+    """Load a run's ``ckpt.pt`` raw (not EMA) weights into ``unet`` and ``te``; returns its step."""
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
+    return ck["step"]
 
 
 def load_from(folder: pathlib.Path, unet, te=None):
