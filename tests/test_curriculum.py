@@ -19,8 +19,9 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("mmdit", 13500)[:2] == (1, 20400)
     assert curriculum.stage("mmdit", 27284) == (3, None, "")
     assert curriculum.stage("spell", 7646) == (0, 8000, curriculum.FIRST_LETTERS)
-    assert curriculum.stage("spell", 8000) == (1, 9000, curriculum.STILL_LETTERS)
-    assert curriculum.stage("spell", 9000) == (2, 16700, curriculum.STAGES[0])
+    assert curriculum.stage("spell", 8000) == (1, 8600, curriculum.STILL_LETTERS)
+    assert curriculum.stage("spell", 8600) == (2, 10000, curriculum.HALF_JITTER)
+    assert curriculum.stage("spell", 10000) == (3, 16700, curriculum.STAGES[0])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
@@ -54,6 +55,28 @@ def test_spell_stage_0_draws_one_template_unjittered_and_its_arguments_are_check
                        ("1", "held out")):  # (1, mono) is a held-out combination
         with pytest.raises(SpecError, match=match):
             runargs.check(parse_args(["--templates", bad, "--fonts", "mono"]))
+
+
+def test_the_jitter_ramp_jitters_its_share_of_samples_and_leaves_the_old_batches_as_they_were():
+    from diffprobe.zoo import spell_data
+    from training import runargs
+    from training.spell.train import parse_args
+
+    def canonical_share(jitter):
+        samples = spell_data.sample_batch(0, 3, 64, 1.0, fonts=("mono",), max_letters=1, jitter=jitter)[2]
+        return sum(s == spell_data.canonical(s.template, s.word, "mono") for s in samples) / len(samples)
+
+    assert canonical_share(0.0) == 1.0 and canonical_share(1.0) == 0.0
+    assert 0.3 < canonical_share(0.5) < 0.7
+    for old, new in ((True, 1.0), (False, 0.0)):  # no extra draw at 0 or 1: runs from before the ramp resume alike
+        assert spell_data.sample_batch(0, 3, 8, jitter=old)[1:] == spell_data.sample_batch(0, 3, 8, jitter=new)[1:]
+    assert runargs.jitter(parse_args(curriculum.HALF_JITTER.split())) == 0.5
+    assert runargs.jitter(parse_args(["--no-jitter"])) == 0.0 and runargs.jitter(parse_args([])) == 1.0
+    for argv, match in ((["--jitter-frac", "1.5"], "0 to 1"), (["--no-jitter", "--jitter-frac", "0.5"], "give one")):
+        with pytest.raises(SpecError, match=match):
+            runargs.check(parse_args(argv))
+    with pytest.raises(SpecError, match="share of jittered samples"):
+        spell_data.sample_batch(0, 3, 8, jitter=-0.1)
 
 
 def fake_trainer(out, steps_taken):

@@ -45,7 +45,7 @@ class _Batches(torch.utils.data.Dataset):
 def batches(args, start):
     """(step, pixels, prompts, loss weights) from ``start`` on, the same with or without workers."""
     dataset = _Batches(args.seed, args.batch, args.random_frac, runargs.fonts(args), args.max_letters,
-                       args.text_weight, runargs.templates(args), not args.no_jitter)
+                       args.text_weight, runargs.templates(args), runargs.jitter(args))
     if not args.workers:
         step = start
         while True:

@@ -37,13 +37,16 @@ FIRST_LETTERS = STAGES[0] + " --templates 0 --no-jitter"
 #: then on every mono template, still unjittered: from step 8000's weights this keeps the letters (0.46 on the red
 #: sign after 75 steps) where stage 1 (templates AND jitter) erased them (0.73 -> 0.12 in 200 steps)
 STILL_LETTERS = STAGES[0] + " --no-jitter"
+#: then half the samples jittered: a ramp into stage 1, whose full jitter (with all templates) erased the letters
+#: from step 8000's weights; each half of that variation alone kept them (docs/model-card-spell.md)
+HALF_JITTER = STAGES[0] + " --jitter-frac 0.5"
 #: per model, its stages as (the step at which it ends or None: never, its trainer arguments)
 PLANS = {
     "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
-    # spell: stages 0 and 0b added at step 7646 (letters at chance after 6,158 stage-1 steps at batch 8), then
-    # glyph-mmdit's stage lengths (7,700, 6,900 and 6,884 steps at batch 32; docs/model-card-spell.md, twelfth session)
-    "spell": ((8000, FIRST_LETTERS), (9000, STILL_LETTERS), (16700, STAGES[0]), (23600, STAGES[1]), (30484, STAGES[2]),
-              (None, STAGES[3])),
+    # spell: stages 0 and 0b added at step 7646 (letters at chance after 6,158 stage-1 steps at batch 8), the jitter
+    # ramp at 8600 (thirteenth session), then glyph-mmdit's stage lengths (7,700, 6,900 and 6,884 steps at batch 32)
+    "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (16700, STAGES[0]),
+              (23600, STAGES[1]), (30484, STAGES[2]), (None, STAGES[3])),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit

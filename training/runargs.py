@@ -34,6 +34,8 @@ def run_parser(doc: str, *, out: str, to: str, batch: int, lr: float, warmup: in
                    help="train on these templates only, comma-separated indices (a curriculum: '0' is the red sign)")
     p.add_argument("--no-jitter", action="store_true",
                    help="draw every sample in its template's own colours, size and place (a curriculum's first stage)")
+    p.add_argument("--jitter-frac", type=float, default=1.0,
+                   help="jitter this share of the samples, 0 to 1 (a ramp from --no-jitter to the full jitter)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step (a curriculum stage), without changing the lr schedule that --steps sets")
     p.add_argument("--text-weight", type=float, default=0.0,
@@ -79,10 +81,21 @@ def templates(args) -> tuple[int, ...] | None:
     return parse_templates(args.templates, fonts(args))
 
 
+def jitter(args) -> float:
+    """The share of jittered samples: 0 with ``--no-jitter``, else ``--jitter-frac`` (checked: 0 to 1, and not
+    both)."""
+    if not 0 <= args.jitter_frac <= 1:
+        raise SpecError(f"--jitter-frac {args.jitter_frac}: a share of the samples, 0 to 1")
+    if args.no_jitter and args.jitter_frac != 1:
+        raise SpecError(f"--no-jitter with --jitter-frac {args.jitter_frac}: give one (--no-jitter = --jitter-frac 0)")
+    return 0.0 if args.no_jitter else args.jitter_frac
+
+
 def check(args) -> None:
-    """The data mix, checked before any model is built: an unknown face or template, or a negative
-    ``--text-weight`` is a SpecError."""
+    """The data mix, checked before any model is built: an unknown face or template, a jitter share outside 0 to
+    1, or a negative ``--text-weight`` is a SpecError."""
     fonts(args)
     templates(args)
+    jitter(args)
     if args.text_weight < 0:
         raise SpecError(f"--text-weight {args.text_weight}: a weight >= 0 (0 = the plain loss, 4 = text 5x)")

@@ -288,22 +288,27 @@ def train_combos_of(fonts: tuple[str, ...] = FONT_NAMES, templates: tuple[int, .
 
 def sample_batch(seed: int, step: int, n: int, random_frac: float = 0.25, font_in_prompt: float = 0.5,
                  fonts: tuple[str, ...] = FONT_NAMES, max_letters: int = MAX_LETTERS,
-                 templates: tuple[int, ...] | None = None, jitter: bool = True):
+                 templates: tuple[int, ...] | None = None, jitter: bool | float = True):
     """(images, prompts, samples) of training batch ``step``: a pure function of its arguments. ``fonts``,
     ``max_letters`` and ``templates`` narrow the faces, the word lengths and the templates, and ``jitter=False``
     draws every sample in its template's own colours, size and place, for a curriculum (mono alone puts letter k
-    in fixed columns; with one-letter words on one unjittered template, the letter is all that varies)."""
-    if not 1 <= max_letters <= MAX_LETTERS:
-        from diffprobe.errors import SpecError
+    in fixed columns; with one-letter words on one unjittered template, the letter is all that varies). A
+    ``jitter`` between 0 and 1 jitters that share of the samples (a ramp between the two); ``True`` and ``False``
+    (1 and 0) draw the same batches as before the ramp existed."""
+    from diffprobe.errors import SpecError
 
+    if not 1 <= max_letters <= MAX_LETTERS:
         raise SpecError(f"max_letters={max_letters}: choose 1 to {MAX_LETTERS}")
+    if not 0 <= float(jitter) <= 1:
+        raise SpecError(f"jitter={jitter}: the share of jittered samples, 0 to 1 (True = 1, False = 0)")
     rng = np.random.default_rng([seed, step, 7919])
     words, combos = train_words(max_letters), train_combos_of(tuple(fonts), templates)
     samples, prompts = [], []
     for _ in range(n):
         t, f = combos[int(rng.integers(len(combos)))]
         w = random_string(rng, max_letters) if rng.random() < random_frac else words[int(rng.integers(len(words)))]
-        s = jittered(t, w, f, rng) if jitter else canonical(t, w, f)
+        shaken = jitter >= 1 or (jitter > 0 and rng.random() < jitter)  # no draw at 0 or 1: same batches as before
+        s = jittered(t, w, f, rng) if shaken else canonical(t, w, f)
         samples.append(s)
         prompts.append(prompt(t, w, f if rng.random() < font_in_prompt else None))
     return [render(s) for s in samples], prompts, samples

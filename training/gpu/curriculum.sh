@@ -38,8 +38,8 @@ case "$MODEL" in
     [ "$DEVICE" = cuda ] || COMMON+=(--no-bf16)  # bf16 is ~30x slower on CPUs without it
     FROM=${FROM:-training/spell/checkpoint}
     START=(--init-from "$FROM")
-    # stages 0 and 0b (one template, then all, without jitter) form the letter path; then single letters jittered
-    DEFAULT_SHARES="0.05 0.1 0.3 0.25 0.15 0.15" ;;
+    # stages 0 and 0b (one template, then all, without jitter) form the letter path; then half, then all jittered
+    DEFAULT_SHARES="0.05 0.1 0.1 0.2 0.25 0.15 0.15" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 if [ "${CURRICULUM:-1}" = 1 ]; then
