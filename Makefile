@@ -60,12 +60,14 @@ train-glyph: install
 # (weights and step count; AdamW restarts). Then the run is snapshotted: spell into training/spell/checkpoint;
 # glyph-mmdit into training/mmdit/checkpoint (MMDIT_SHIP=no) or into the shipped weights (MMDIT_SHIP=yes).
 # On a GPU: SPELL_ARGS="--device cuda" (bf16 is ~30x slower on AVX2 CPUs, hence --no-bf16 here).
+# spell's snapshot is of the RAW weights while its curriculum runs: a stage of a few hundred steps is over before
+# the EMA (decay 0.998) catches up, and the next run warm-starts from the snapshot (docs/model-card-spell.md).
 SPELL_MINUTES ?= 60
 SPELL_ARGS ?= --no-bf16 --threads 2
 SPELL_RUN ?= runs/spell
 train-spell: install
 	$(PY) -m training.curriculum spell --out $(SPELL_RUN) --minutes $(SPELL_MINUTES) $(SPELL_ARGS)
-	$(PY) -m training.spell.train --snapshot $(SPELL_RUN) --to training/spell/checkpoint
+	$(PY) -m training.spell.train --snapshot $(SPELL_RUN) --raw-snapshot --to training/spell/checkpoint
 
 MMDIT_MINUTES ?= 60
 MMDIT_ARGS ?=
