@@ -2,10 +2,10 @@
 # On a lent GPU machine (device tool, carry=[".gpu"], after training/gpu/bundle.sh here): continue the training of
 # MODEL (mmdit = glyph-mmdit, the default; spell = the character-aware UNet) from FROM through the curriculum of
 # the model cards (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces;
-# spell first: single letters on one unjittered template, then on all),
+# spell first: single letters on one unjittered template, then on all, then half of them jittered),
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint, else the shipped weights with the
-#                 letter codes re-drawn;  (spell): training/spell/checkpoint (step 8000: letters on the red sign).
+#                 letter codes re-drawn;  (spell): training/spell/checkpoint (raw step 9400: single letters).
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
 # CURRICULUM=0 trains on the full data only. DEVICE=cpu BATCH=4 MINUTES=1 OUT=/tmp/o runs it here, as the tests do.
 set -uo pipefail
