@@ -7,13 +7,14 @@ model's training in whatever stage its step count is, across sessions and machin
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
 strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template,
-then on all of them unjittered (docs/model-card-spell.md, twelfth session). Each stage ends at a fixed step
-(``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's are set from them). Until ``--minutes`` are spent, it runs the
-model's trainer (``training.<model>.train``) in the stage of the current step with ``--until`` that stage's end,
-then the next stage; from ``OUT/ckpt.pt`` when there (``--resume``: bit for bit), else warm-started from the
-committed snapshot (``--init-from``: step count and data stream continue, AdamW restarts). TRAINER ARGS come last,
-so they override a stage's (``--fonts``, ...) but not its end. The recipe of the committed runs (``RECIPES``) comes
-first; give the same trainer arguments on every call (the learning rates are not in the checkpoint).
+then on all of them unjittered, then with half of them jittered (docs/model-card-spell.md, twelfth and thirteenth
+sessions). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's
+are set from them). Until ``--minutes`` are spent, it runs the model's trainer (``training.<model>.train``) in
+the stage of the current step with ``--until`` that stage's end, then the next stage; from ``OUT/ckpt.pt`` when
+there (``--resume``: bit for bit), else warm-started from the committed snapshot (``--init-from``: step count and
+data stream continue, AdamW restarts). TRAINER ARGS come last, so they override a stage's (``--fonts``, ...) but
+not its end. The recipe of the committed runs (``RECIPES``) comes first; give the same trainer arguments on
+every call (the learning rates are not in the checkpoint).
 """
 from __future__ import annotations
 
