@@ -35,6 +35,11 @@ def test_stages_prints_one_line_per_stage_for_the_gpu_script():
         out = subprocess.run([sys.executable, "-m", "training.curriculum", model, "--stages"], capture_output=True,
                              text=True, check=True, cwd=curriculum.ROOT).stdout
         assert out.split("\n")[:-1] == [a for _, a in plan]  # (the last stage is the empty line)
+        last = plan[-2][0]  # the step the last stage starts at; the step before it is in the stage before
+        at = [subprocess.run([sys.executable, "-m", "training.curriculum", model, "--stage-of", str(s)],
+                             capture_output=True, text=True, check=True, cwd=curriculum.ROOT).stdout
+              for s in (last - 1, last)]
+        assert at == [f"{len(plan) - 2}\n", f"{len(plan) - 1}\n"]
 
 
 def test_spell_stage_0_draws_one_template_unjittered_and_its_arguments_are_checked():

@@ -4,6 +4,7 @@ model's training in whatever stage its step count is, across sessions and machin
     python -m training.curriculum spell --out runs/spell --minutes 120 [TRAINER ARGS ...]
     python -m training.curriculum mmdit --out runs/mmdit7 --minutes 100 --probe-every 100
     python -m training.curriculum spell --stages    # its stages' trainer arguments, one line each (training/gpu/)
+    python -m training.curriculum spell --stage-of 9400    # the index of the stage a step is in: 2
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
 strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template,
@@ -115,9 +116,13 @@ def main(argv=None):
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--stages", action="store_true", help="print the model's stages' trainer arguments, one a line")
+    p.add_argument("--stage-of", type=int, metavar="STEP", help="print the index (from 0) of the stage STEP is in")
     args, trainer_args = p.parse_known_args(argv)
     if args.stages:
         print("\n".join(a for _, a in PLANS[args.model]))
+        return
+    if args.stage_of is not None:
+        print(stage(args.model, args.stage_of)[0])
         return
     if args.out is None:
         p.error(f"{args.model}: --out RUN is needed (e.g. runs/{args.model})")

@@ -4,8 +4,11 @@
 # the model cards (single letters in mono -> words of <= 3 letters in mono -> all lengths in mono -> all faces;
 # spell first: single letters on one unjittered template, then on all, then half of them jittered),
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
-#   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint, else the shipped weights with the
-#                 letter codes re-drawn;  (spell): training/spell/checkpoint (raw step 9400: single letters).
+#   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
+#                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
+#                 (raw step 9400: single letters).
+# It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
+# up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
 # CURRICULUM=0 trains on the full data only. DEVICE=cpu BATCH=4 MINUTES=1 OUT=/tmp/o runs it here, as the tests do.
 set -uo pipefail
@@ -42,14 +45,21 @@ case "$MODEL" in
     DEFAULT_SHARES="0.05 0.1 0.1 0.2 0.25 0.15 0.15" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
+FIRST=0
 if [ "${CURRICULUM:-1}" = 1 ]; then
   mapfile -t STAGES < <($PY -m training.curriculum "$MODEL" --stages)  # the model's stages in training/curriculum.py
   read -r -a SHARES <<< "${STAGE_SHARES:-$DEFAULT_SHARES}"
+  # from the stage FROM's step is in (the stages before it are passed), unless RECAP=1 (every stage, from the first)
+  STEP=$(python3 -c "import json; print(json.load(open('$FROM/train_state.json'))['step'])") || exit 1
+  [ "${RECAP:-0}" = 1 ] || FIRST=$($PY -m training.curriculum "$MODEL" --stage-of "$STEP") || exit 1
+  echo "$FROM is at step $STEP: stages $((FIRST + 1))-${#STAGES[@]} of ${#STAGES[@]}"
 else
   STAGES=(""); SHARES=(1)
 fi
+TOTAL=$(python3 -c "print(sum(float(s) for s in '${SHARES[*]:$FIRST}'.split()))")  # the shares of the stages run
 for i in "${!STAGES[@]}"; do
-  minutes=$(python3 -c "print(${MINUTES:-8} * ${SHARES[$i]})")
+  [ "$i" -lt "$FIRST" ] && continue
+  minutes=$(python3 -c "print(${MINUTES:-8} * ${SHARES[$i]} / $TOTAL)")
   echo "stage $((i + 1))/${#STAGES[@]}: ${STAGES[$i]:-full data} for $minutes min"
   # shellcheck disable=SC2086
   $PY -m "training.$MODEL.train" "${COMMON[@]}" "${START[@]}" ${STAGES[$i]} --max-minutes "$minutes" 2>&1 \

@@ -167,6 +167,21 @@ def reinit_letters(te1, te2, tok, seed):
                 rows[vocab[f"{c}{k + 1}"]] = (codes_letter[i] + codes_slot[k]) / 2 ** 0.5
 
 
+def letter_norm(te, tok) -> float:
+    """The mean norm of the letter tokens' embedding rows: ~0.16 as CLIP draws them (std 0.02, 64 dims), ~8 once
+    ``reinit_letters`` re-drew them (std 1)."""
+    vocab = tok.get_vocab()
+    rows = te.text_model.embeddings.token_embedding.weight[[vocab[f"{c}1"] for c in model.LETTERS]]
+    return float(rows.norm(dim=1).mean())
+
+
+def letters_redrawn(te, tok, state: dict) -> bool:
+    """Whether a warm start's letter codes were re-drawn (and trained) already: its origin says so, or, as the
+    origin only names the last warm start (the shipped step-27284 weights and the step-31245 snapshot lost the
+    words), the rows are unit-scale: 1.0 lies a factor 6 above CLIP's draw and 7 below ``reinit_letters``'."""
+    return "letter embeddings re-drawn" in state.get("origin", "") or letter_norm(te, tok) > 1.0
+
+
 def sigmas(n, gen, args):
     """Noise levels: SD3's shifted uniform, half of them from [noisy_from, 1]."""
     u = torch.rand(n, generator=gen)
@@ -198,9 +213,9 @@ def train_dit(args):
         wall = float(st.get("wall_seconds", 0.0))
         origin = f"init-from {args.init_from} (step {step})"
         vae_dir = args.init_from / "vae"
-        if args.reinit_letters and "letter embeddings re-drawn" in st.get("origin", ""):
+        if args.reinit_letters and letters_redrawn(te1, tok, st):
             print(f"--reinit-letters ignored: {args.init_from}'s letter codes were re-drawn and trained already "
-                  f"({st['origin']})", flush=True)
+                  f"({st['origin']}; letter rows at norm {letter_norm(te1, tok):.2f})", flush=True)
             origin += ", its letter codes kept"
         elif args.reinit_letters:
             reinit_letters(te1, te2, tok, args.seed)
