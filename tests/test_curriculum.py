@@ -21,7 +21,8 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 7646) == (0, 8000, curriculum.FIRST_LETTERS)
     assert curriculum.stage("spell", 8000) == (1, 8600, curriculum.STILL_LETTERS)
     assert curriculum.stage("spell", 8600) == (2, 10000, curriculum.HALF_JITTER)
-    assert curriculum.stage("spell", 10000) == (3, 16700, curriculum.STAGES[0])
+    assert curriculum.stage("spell", 10000) == (3, 12800, curriculum.STAGES[0])
+    assert curriculum.stage("spell", 12800) == (4, 19700, curriculum.STAGES[1])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model

@@ -46,9 +46,11 @@ HALF_JITTER = STAGES[0] + " --jitter-frac 0.5"
 PLANS = {
     "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
     # spell: stages 0 and 0b added at step 7646 (letters at chance after 6,158 stage-1 steps at batch 8), the jitter
-    # ramp at 8600 (thirteenth session), then glyph-mmdit's stage lengths (7,700, 6,900 and 6,884 steps at batch 32)
-    "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (16700, STAGES[0]),
-              (23600, STAGES[1]), (30484, STAGES[2]), (None, STAGES[3])),
+    # ramp at 8600 (thirteenth session), stage 1 cut from 16700 to 12800 in the sixteenth (its EMA's single
+    # letters flat at 0.67-0.69 from 12000 on, above the 0.53 glyph-mmdit went on with), then glyph-mmdit's
+    # lengths for stages 2 and 3 (6,900 and 6,884 steps at batch 32)
+    "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (12800, STAGES[0]),
+              (19700, STAGES[1]), (26584, STAGES[2]), (None, STAGES[3])),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
