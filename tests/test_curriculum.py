@@ -179,3 +179,28 @@ def test_the_spell_letter_test_trains_on_the_data_it_names_and_only_measures_wit
     for bad, match in (("12", "choose indices 0 to 11"), ("a", "comma-separated indices"), ("1", "held out")):
         with pytest.raises(SpecError, match=match):
             letter_test.main(["--templates", bad, "--steps", "0"])
+
+
+def test_the_spell_letter_test_on_words_trains_on_short_words_and_scores_each_slot(monkeypatch):
+    from diffprobe.zoo import spell_data
+    from training.spell import letter_test
+
+    asked, original = [], spell_data.sample_batch
+
+    def sample_batch(*args, **kw):
+        asked.append((args[3], kw["max_letters"], kw["templates"], kw["jitter"]))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(letter_test.data, "sample_batch", sample_batch)
+    rows = list(letter_test.run(curriculum.SNAPSHOTS["spell"], steps=1, every=1, batch=2, max_letters=3))
+    assert [r[0] for r in rows] == [0, 1] and asked == [(0.5, 3, (0,), False)]  # the red sign alone, unjittered
+    for _, slots, mean, _ in rows:
+        assert len(slots) == 3 and all(0.0 <= a <= 1.0 for a in slots)
+        assert mean == pytest.approx(sum(slots) / 3, abs=1e-4)
+    prompts, noise, variants = letter_test.word_slots(0, 3)
+    assert len(prompts) == len(noise) == 64 and all(len(per) == 3 for per in variants)  # 3-letter words: 3 slots
+    word = prompts[0].split('"')[1]
+    renders, true = variants[0][1]  # slot 2 of the first word: its 26 variants, the true one among them
+    assert renders.shape[0] == 26 and letter_test.LETTERS[true] == word[1]
+    clean = spell_data.render(spell_data.canonical(0, word, "mono"))
+    assert torch.equal(renders[true], spell_data.to_tensor([clean])[0])

@@ -15,7 +15,11 @@ noise (0: the text is ignored).
 instead (single random letters on every mono training template, jittered, prompts with and without the face;
 measured on the red sign as before): what the variation costs at the same batch. ``--templates 0,3,..`` (``all``:
 every mono training template) and ``--jitter`` take that variation apart (``--varied`` = ``--templates all
---jitter``). The mirror of training/mmdit/letter_test.py.
+--jitter``). ``--max-letters 3`` (3 to 8) asks the same of WORDS: it trains on the stage-2 kind of batch
+(words and random strings of 1 to that many letters, half random) on the given templates (default: the red sign
+alone, unjittered) and measures, on the first of them, the letter accuracy in each slot of 64 probe words of 3 to
+that many letters (32 held out, 32 trained; nearest of the 26 renders that differ in that letter; chance 1/26):
+can the UNet place letters side by side when little else varies? The mirror of training/mmdit/letter_test.py.
 """
 from __future__ import annotations
 
@@ -60,10 +64,24 @@ def build(init: str | pathlib.Path):
     return unet, te, tok, origin
 
 
+def word_slots(template: int, max_letters: int):
+    """(prompts, (64, 3, H, W) seeded noise, per word: [(26 renders differing in letter k, true index)] per slot)
+    for 32 held-out and 32 training words of 3 to ``max_letters`` letters on ``template``."""
+    words = data.eval_heldout(max_letters)[:32] + data.eval_train(max_letters)[:32]
+    variants = [[(data.to_tensor([data.render(data.canonical(template, w[:k] + c + w[k + 1:], "mono"))
+                                  for c in LETTERS]), LETTERS.index(w[k])) for k in range(len(w))] for w in words]
+    noise = torch.randn(len(words), 3, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(9))
+    return [data.prompt(template, w, "mono") for w in words], noise, variants
+
+
 def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int = 25, lr: float = 5e-4,
-        text_lr: float = 3e-4, batch: int = 32, templates=None, jitter: bool = False):
+        text_lr: float = 3e-4, batch: int = 32, templates=None, jitter: bool = False, max_letters: int = 1):
     """Yields (step, accuracy, spread, seconds) every ``every`` steps, from step 0 (before training) to ``steps``.
-    ``templates``: None (the red sign's own renders), ``"all"`` or indices: batches from ``spell_data.sample_batch``."""
+    ``templates``: None (the red sign's own renders), ``"all"`` or indices: batches from ``spell_data.sample_batch``.
+    ``max_letters`` > 1: words (see the module's doc); then the accuracy is a list, one per letter slot, and the
+    spread is their mean."""
+    if max_letters > 1 and templates in (None, "all"):
+        templates = (0,) if templates is None else tuple(t for t, _ in data.train_combos(("mono",)))
     unet, te, tok, _ = build(init)
     sched = model.build_train_scheduler()
     T, acp = sched.config.num_train_timesteps, sched.alphas_cumprod.float()
@@ -76,7 +94,7 @@ def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int =
     g, rng = torch.Generator().manual_seed(1), np.random.default_rng(0)
 
     @torch.no_grad()
-    def measure():
+    def measure_letters():
         unet.eval(), te.eval()
         t = torch.full((26,), T - 1, dtype=torch.long)
         e = model.encode(te, tok, [prompt(c) for c in LETTERS])
@@ -90,16 +108,34 @@ def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int =
         spread = (shared[:, None] - shared[None]).abs().mean(dim=(2, 3, 4)).sum() / (26 * 25)
         return (d.argmin(1) == torch.arange(26)).float().mean().item(), spread.item()
 
+    if max_letters > 1:
+        w_prompts, w_noise, w_variants = word_slots(templates[0], max_letters)
+
+        @torch.no_grad()
+        def measure_words():
+            unet.eval(), te.eval()
+            t = torch.full((len(w_prompts),), T - 1, dtype=torch.long)
+            e = model.encode(te, tok, w_prompts)
+            x = x0_from_v(sched, w_noise, unet(w_noise, t, encoder_hidden_states=e).sample[:, :3], t)
+            hits = [[int(((vs - x[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true for vs, true in per]
+                    for i, per in enumerate(w_variants)]
+            slots = [[h[k] for h in hits if k < len(h)] for k in range(max(map(len, hits)))]
+            accs = [round(sum(s) / len(s), 3) for s in slots]
+            return accs, sum(accs) / len(accs)
+
+    measure = measure_words if max_letters > 1 else measure_letters
+
     t0 = time.time()
     for step in range(steps + 1):
         if step % every == 0:
             acc, spread = measure()
-            yield step, round(acc, 3), round(spread, 4), round(time.time() - t0)
+            yield step, acc if max_letters > 1 else round(acc, 3), round(spread, 4), round(time.time() - t0)
         if step == steps:
             break
         unet.train(), te.train()
         if templates is not None:
-            images, prompts, _ = data.sample_batch(0, step, batch, 1.0, fonts=("mono",), max_letters=1,
+            images, prompts, _ = data.sample_batch(0, step, batch, 1.0 if max_letters == 1 else 0.5, fonts=("mono",),
+                                                   max_letters=max_letters,
                                                    templates=None if templates == "all" else templates, jitter=jitter)
             x0 = data.to_tensor(images)
         else:
@@ -131,6 +167,8 @@ def main(argv=None):
     p.add_argument("--varied", action="store_true", help="train on stage-1 batches (all mono templates, jitter)")
     p.add_argument("--templates", default=None, help="train on these mono templates ('all', or indices 0,3,..)")
     p.add_argument("--jitter", action="store_true", help="jitter colours, size and place as the trainer does")
+    p.add_argument("--max-letters", type=int, default=1, choices=(1, 3, 4, 5, 6, 7, 8),
+                   help="3 or more: train on words of up to this many letters, measure their letter slots")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,8 +181,11 @@ def main(argv=None):
     elif templates is None and jitter:
         templates = (0,)
     for step, acc, spread, secs in run(args.init, args.layout, args.steps, args.every, args.lr, args.text_lr,
-                                       args.batch, templates, jitter):
-        print(f"step {step}: single-letter accuracy {acc}, spread {spread} ({secs} s)", flush=True)
+                                       args.batch, templates, jitter, args.max_letters):
+        if args.max_letters > 1:
+            print(f"step {step}: letter accuracy by slot {acc}, mean {spread:.3f} ({secs} s)", flush=True)
+        else:
+            print(f"step {step}: single-letter accuracy {acc}, spread {spread} ({secs} s)", flush=True)
 
 
 if __name__ == "__main__":
