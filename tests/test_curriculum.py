@@ -22,11 +22,16 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 8000) == (1, 8600, curriculum.STILL_LETTERS)
     assert curriculum.stage("spell", 8600) == (2, 10000, curriculum.HALF_JITTER)
     assert curriculum.stage("spell", 10000) == (3, 12800, curriculum.STAGES[0])
-    assert curriculum.stage("spell", 12800) == (4, 19700, curriculum.STAGES[1])
+    assert curriculum.stage("spell", 12800) == (4, 14500, curriculum.STAGES[1])
+    assert curriculum.stage("spell", 14500) == (5, 15100, curriculum.WORDS_RED_SIGN)
+    assert curriculum.stage("spell", 15100) == (6, 15700, curriculum.STILL_WORDS)
+    assert curriculum.stage("spell", 15700) == (7, 17000, curriculum.HALF_JITTER_WORDS)
+    assert curriculum.stage("spell", 17000) == (8, 19700, curriculum.STAGES[1])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
-        assert [a for _, a in plan[-4:]] == list(curriculum.STAGES), model  # both end with glyph-mmdit's four
+        assert [a for _, a in plan[-3:]] == list(curriculum.STAGES[1:]), model  # both end with glyph-mmdit's last 3
+        assert all(a.startswith(curriculum.STAGES[:2]) or a in curriculum.STAGES for _, a in plan), model  # ramps
     with pytest.raises(SpecError, match="past the last stage"):
         curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
 

@@ -42,14 +42,21 @@ STILL_LETTERS = STAGES[0] + " --no-jitter"
 #: then half the samples jittered: a ramp into stage 1, whose full jitter (with all templates) erased the letters
 #: from step 8000's weights; each half of that variation alone kept them (docs/model-card-spell.md)
 HALF_JITTER = STAGES[0] + " --jitter-frac 0.5"
+#: stage 2's ramp, the same three steps for words of <= 3 letters (seventeenth session): 1,700 steps of stage 2
+#: left the 2nd letter of words near chance (0.06-0.13) while training on the red sign alone, unjittered, took it
+#: to 0.45 in 100 steps (training/spell/letter_test.py --max-letters 3, from step 14200's weights)
+WORDS_RED_SIGN = STAGES[1] + " --templates 0 --no-jitter"
+STILL_WORDS = STAGES[1] + " --no-jitter"
+HALF_JITTER_WORDS = STAGES[1] + " --jitter-frac 0.5"
 #: per model, its stages as (the step at which it ends or None: never, its trainer arguments)
 PLANS = {
     "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
     # spell: stages 0 and 0b added at step 7646 (letters at chance after 6,158 stage-1 steps at batch 8), the jitter
     # ramp at 8600 (thirteenth session), stage 1 cut from 16700 to 12800 in the sixteenth (its EMA's single
     # letters flat at 0.67-0.69 from 12000 on, above the 0.53 glyph-mmdit went on with), then glyph-mmdit's
-    # lengths for stages 2 and 3 (6,900 and 6,884 steps at batch 32)
+    # lengths for stages 2 and 3 (6,900 and 6,884 steps at batch 32); stage 2 from 14500 ramped as stage 1 was
     "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (12800, STAGES[0]),
+              (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (17000, HALF_JITTER_WORDS),
               (19700, STAGES[1]), (26584, STAGES[2]), (None, STAGES[3])),
 }
 RECIPES = {

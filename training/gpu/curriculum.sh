@@ -6,7 +6,7 @@
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
 #                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
-#                 (raw step 13600: 800 steps into words of <= 3 letters; from stage 5/7 on).
+#                 (raw step 13600: 800 steps into words of <= 3 letters; from stage 5/11 on).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
 # up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
@@ -41,14 +41,16 @@ case "$MODEL" in
     [ "$DEVICE" = cuda ] || COMMON+=(--no-bf16)  # bf16 is ~30x slower on CPUs without it
     FROM=${FROM:-training/spell/checkpoint}
     START=(--init-from "$FROM")
-    # stages 0 and 0b (one template, then all, without jitter) form the letter path; then half, then all jittered
-    DEFAULT_SHARES="0.05 0.1 0.1 0.2 0.25 0.15 0.15" ;;
+    # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain
+    # (the snapshot's stage), then the same ramp (red sign, all unjittered, half jittered, all); all lengths; all faces
+    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.15 0.17 0.17" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 FIRST=0
 if [ "${CURRICULUM:-1}" = 1 ]; then
   mapfile -t STAGES < <($PY -m training.curriculum "$MODEL" --stages)  # the model's stages in training/curriculum.py
   read -r -a SHARES <<< "${STAGE_SHARES:-$DEFAULT_SHARES}"
+  [ "${#SHARES[@]}" = "${#STAGES[@]}" ] || { echo "STAGE_SHARES: ${#SHARES[@]} shares for ${#STAGES[@]} stages"; exit 2; }
   # from the stage FROM's step is in (the stages before it are passed), unless RECAP=1 (every stage, from the first)
   STEP=$(python3 -c "import json; print(json.load(open('$FROM/train_state.json'))['step'])") || exit 1
   [ "${RECAP:-0}" = 1 ] || FIRST=$($PY -m training.curriculum "$MODEL" --stage-of "$STEP") || exit 1
