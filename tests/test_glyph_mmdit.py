@@ -490,3 +490,19 @@ def test_the_spell_trainer_takes_the_same_curriculum_options(tmp_path):
     state = json.loads((tmp_path / "run" / "train.json").read_text())
     assert state["step"] == start + 1 and (tmp_path / "run" / "ckpt.pt").exists()
     assert (state["recipe"]["fonts"], state["recipe"]["max_letters"]) == ("mono", 1)
+
+
+def test_the_gpu_recipe_refuses_a_share_list_that_does_not_match_the_stages(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from training import curriculum
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MODEL="spell", DEVICE="cpu", STAGE_SHARES="0.5 0.5", OUT=str(tmp_path),
+               RUN=str(tmp_path / "run"), PY=sys.executable)
+    done = subprocess.run(["bash", "training/gpu/curriculum.sh"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and f"2 shares for {len(curriculum.PLANS['spell'])} stages" in done.stdout
+    assert not (tmp_path / "run").exists()  # nothing trained

@@ -50,7 +50,8 @@ FIRST=0
 if [ "${CURRICULUM:-1}" = 1 ]; then
   mapfile -t STAGES < <($PY -m training.curriculum "$MODEL" --stages)  # the model's stages in training/curriculum.py
   read -r -a SHARES <<< "${STAGE_SHARES:-$DEFAULT_SHARES}"
-  [ "${#SHARES[@]}" = "${#STAGES[@]}" ] || { echo "STAGE_SHARES: ${#SHARES[@]} shares for ${#STAGES[@]} stages"; exit 2; }
+  [ "${#SHARES[@]}" = "${#STAGES[@]}" ] \
+    || { echo "STAGE_SHARES: ${#SHARES[@]} shares for ${#STAGES[@]} stages"; exit 2; }
   # from the stage FROM's step is in (the stages before it are passed), unless RECAP=1 (every stage, from the first)
   STEP=$(python3 -c "import json; print(json.load(open('$FROM/train_state.json'))['step'])") || exit 1
   [ "${RECAP:-0}" = 1 ] || FIRST=$($PY -m training.curriculum "$MODEL" --stage-of "$STEP") || exit 1
