@@ -15,9 +15,10 @@ The kind of model is read from the folder's ``model_index.json`` (``StableDiffus
   a model that only knows how long the word is has a small first and a large second;
 - single letters (the curriculum's first stage, its gate): A-Z on every mono training template, unjittered, one
   noise each; accuracy (nearest of the template's 26 renders), and how varied the guesses are (distinct letters
-  guessed, the commonest guess's share): a blur guesses a few wide letters whatever is asked. Its ceiling is
-  0.80, not 1: the true conditional mean of jittered renders is itself blurred (measured: the mean of 64 jittered
-  renders is nearest its own letter for 80% of letters x templates);
+  guessed, the commonest guess's share): a blur guesses a few wide letters whatever is asked. Under jittered
+  training its ceiling is 0.80, not 1: the true conditional mean of jittered renders is itself blurred (measured:
+  the mean of 64 jittered renders is nearest its own letter for 80% of letters x templates); unjittered stages
+  predict sharper renders and go above it (spell's step 15423: 0.885);
 - with ``--sample``: single letters GENERATED as a user would (the pipeline, 20 steps, guidance 4) on three
   templates (``--sample-templates 11``: all), read by template matching (standardised grey, best of 25 shifts
   of +-2 px of each letter's canonical render, inside the decorations; it reads 98% of jittered training
