@@ -36,7 +36,7 @@ from training import runargs
 from training.glyph.train import x0_from_v
 
 from . import model
-from .train import LETTERS, load_from, load_raw
+from .train import LETTERS, load_from, load_raw, slot_variants
 
 LAYOUTS = {
     "model": lambda c: data.prompt(0, c, "mono"),
@@ -68,8 +68,7 @@ def word_slots(template: int, max_letters: int):
     """(prompts, (64, 3, H, W) seeded noise, per word: [(26 renders differing in letter k, true index)] per slot)
     for 32 held-out and 32 training words of 3 to ``max_letters`` letters on ``template``."""
     words = data.eval_heldout(max_letters)[:32] + data.eval_train(max_letters)[:32]
-    variants = [[(data.to_tensor([data.render(data.canonical(template, w[:k] + c + w[k + 1:], "mono"))
-                                  for c in LETTERS]), LETTERS.index(w[k])) for k in range(len(w))] for w in words]
+    variants = [slot_variants(template, w, "mono") for w in words]
     noise = torch.randn(len(words), 3, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(9))
     return [data.prompt(template, w, "mono") for w in words], noise, variants
 

@@ -102,6 +102,16 @@ def _probe_items():
     return items
 
 
+def slot_variants(template: int, word: str, font: str) -> list[tuple[torch.Tensor, int]]:
+    """Per letter slot k of ``word``: (the 26 renders (26, 3, H, W) that differ from it only in letter k, the true
+    letter's index): the nearest of them to a prediction says whether the model drew that letter."""
+    def renders(k):
+        others = [word[:k] + c + word[k + 1:] for c in LETTERS]
+        return data.to_tensor([data.render(data.canonical(template, w, font)) for w in others])
+
+    return [(renders(k), LETTERS.index(word[k])) for k in range(len(word))]
+
+
 class Prober:
     """Cheap measurements of the EMA model's x0 prediction at t=999 from pure noise (prompt in mono letters):
 
@@ -120,14 +130,7 @@ class Prober:
         self.refs = {}  # template -> (64, 3, H, W) renders of all probe words
         for t in sorted({t for t, _, _ in self.items}):
             self.refs[t] = data.to_tensor([data.render(data.canonical(t, w, PROBE_FONT)) for w in self.words])
-        self.variants = []  # per item: list over positions of (26, 3, H, W) tensors, true letter index
-        for t, w, _ in self.items:
-            per = []
-            for k in range(len(w)):
-                vs = [w[:k] + chr(65 + c) + w[k + 1:] for c in range(26)]
-                per.append((data.to_tensor([data.render(data.canonical(t, v, PROBE_FONT)) for v in vs]),
-                            ord(w[k]) - 65))
-            self.variants.append(per)
+        self.variants = [slot_variants(t, w, PROBE_FONT) for t, w, _ in self.items]
 
     @torch.no_grad()
     def __call__(self, unet, te, tok, sched, bf16):
