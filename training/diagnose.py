@@ -40,7 +40,7 @@ import torch
 
 from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
-from training.spell.train import LETTERS, PROBE_FONT, Prober, guesses as _guesses, single_letters
+from training.spell.train import LETTERS, PROBE_FONT, Prober, guesses as _guesses, nearest, single_letters
 
 KINDS = {"StableDiffusion3Pipeline": "mmdit", "IFPipeline": "spell"}
 
@@ -171,7 +171,7 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
     guesses = [collections.Counter() for _ in range(data.MAX_LETTERS)]
     for i, per in enumerate(prober.variants):
         for k, (vs, true) in enumerate(per):
-            guess = int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin())
+            guess = nearest(vs, xs[i])
             hits[k] += guess == true
             seen[k] += 1
             guesses[k][LETTERS[guess]] += 1

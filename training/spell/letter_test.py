@@ -36,7 +36,7 @@ from training import runargs
 from training.glyph.train import x0_from_v
 
 from . import model
-from .train import LETTERS, load_from, load_raw, slot_variants
+from .train import LETTERS, load_from, load_raw, nearest, slot_variants
 
 LAYOUTS = {
     "model": lambda c: data.prompt(0, c, "mono"),
@@ -116,7 +116,7 @@ def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int =
             t = torch.full((len(w_prompts),), T - 1, dtype=torch.long)
             e = model.encode(te, tok, w_prompts)
             x = x0_from_v(sched, w_noise, unet(w_noise, t, encoder_hidden_states=e).sample[:, :3], t)
-            hits = [[int(((vs - x[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true for vs, true in per]
+            hits = [[nearest(vs, x[i]) == true for vs, true in per]
                     for i, per in enumerate(w_variants)]
             slots = [[h[k] for h in hits if k < len(h)] for k in range(max(map(len, hits)))]
             accs = [round(sum(s) / len(s), 3) for s in slots]

@@ -112,6 +112,11 @@ def slot_variants(template: int, word: str, font: str) -> list[tuple[torch.Tenso
     return [(renders(k), LETTERS.index(word[k])) for k in range(len(word))]
 
 
+def nearest(candidates: torch.Tensor, x: torch.Tensor) -> int:
+    """The index of the candidate image (N, 3, H, W) nearest ``x`` (3, H, W) in mean squared difference."""
+    return int(((candidates - x) ** 2).mean(dim=(1, 2, 3)).argmin())
+
+
 class Prober:
     """Cheap measurements of the EMA model's x0 prediction at t=999 from pure noise (prompt in mono letters):
 
@@ -157,10 +162,9 @@ class Prober:
                 if s != split:
                     continue
                 n += 1
-                d = ((self.refs[t] - xs[i]) ** 2).mean(dim=(1, 2, 3))
-                nn += int(d.argmin()) == i
+                nn += nearest(self.refs[t], xs[i]) == i
                 for vs, true in self.variants[i]:
-                    let += int(((vs - xs[i]) ** 2).mean(dim=(1, 2, 3)).argmin()) == true
+                    let += nearest(vs, xs[i]) == true
                     nlet += 1
             out[f"nn_acc_{split}"] = nn / n
             out[f"letter_acc_{split}"] = let / nlet
