@@ -361,6 +361,34 @@ def test_diagnose_reads_spell_snapshots_and_a_runs_raw_weights(tmp_path):
     assert 0.0 <= sampled["sampled_letter_acc"] <= 1.0 and 1 <= sampled["sampled_distinct"] <= 26
 
 
+def test_the_binding_measure_tells_a_bag_of_letters_from_an_encoder_that_binds_slots():
+    """--binding on two stand-in encoders over spell's real tokenizer: one that outputs each token's identity
+    only (a bag of letters: the same letter looks the same in every slot), one that adds the token's position and
+    the next token's identity (the slot and the marker's letter can be read)."""
+    from transformers import AutoTokenizer
+
+    from training import diagnose
+
+    tok = AutoTokenizer.from_pretrained(SPELL_CHECKPOINT / "tokenizer")
+    vocab = len(tok)
+
+    def identity(ids, attention_mask=None):
+        return (torch.nn.functional.one_hot(ids, vocab).float(),)
+
+    def binding(ids, attention_mask=None):
+        this = torch.nn.functional.one_hot(ids, vocab).float()
+        after = torch.nn.functional.one_hot(torch.roll(ids, -1, 1), vocab).float()
+        where = torch.nn.functional.one_hot(torch.arange(ids.shape[1]), ids.shape[1]).float().expand(len(ids), -1, -1)
+        return (torch.cat([this, after, where], 2),)
+
+    bag = diagnose.slot_binding(tok, identity, contexts=4)
+    assert bag["cos_same_letter_other_slot"] == bag["cos_same_letter_same_slot"] == 1.0
+    assert bag["slot_from_letter_token"] <= 0.34 and bag["next_letter_from_marker"] <= 0.04
+    bound = diagnose.slot_binding(tok, binding, contexts=4)
+    assert bound["cos_same_letter_other_slot"] < bound["cos_same_letter_same_slot"]
+    assert bound["slot_from_letter_token"] == 1.0 and bound["next_letter_from_marker"] == 1.0
+
+
 def test_diagnose_names_what_it_cannot_read(tmp_path, capsys):
     from training import diagnose
 

@@ -26,7 +26,12 @@ The kind of model is read from the folder's ``model_index.json`` (``StableDiffus
 - with ``--attention`` (glyph-mmdit only): does a block SELECT the letter? With diffprobe's own attention maps
   (``attend``, first 3 of 10 steps), the letter token's share of the text attention of the image tokens inside
   the text box, per joint block, for single letters on two templates. A block that ignores it gives the letter
-  its uniform share (1/25 = 0.04); one that reads it gives much more.
+  its uniform share (1/25 = 0.04); one that reads it gives much more;
+- with ``--binding`` (spell only): does the text encoder tell the UNet WHICH slot a letter is in? Over 3-letter
+  words with random neighbours, the cosine similarity of the encoder's output at a letter token for the same
+  letter in the same slot vs in another slot, the slot read from that output (nearest slot mean; chance 1/3),
+  and the letter that follows each marker ``#k`` read from the marker's output (nearest letter mean over other
+  contexts; chance 1/26). A letter token whose output is the same in every slot leaves the UNet a bag of letters.
 """
 from __future__ import annotations
 
@@ -190,6 +195,44 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
                 **single_letters(x0, channels))
 
 
+@torch.no_grad()
+def slot_binding(tokenizer, text_encoder, contexts: int = 8, seed: int = 0) -> dict:
+    """Whether ``text_encoder``'s outputs bind each letter of a 3-letter quoted word to its slot (see --binding)."""
+    from training.glyph.model import tokenize
+
+    gen = torch.Generator().manual_seed(seed)
+    words, slots, follow = [], [], []
+    for _ in range(contexts):
+        for k in range(3):
+            for c in range(26):
+                word = [int(i) for i in torch.randint(26, (3,), generator=gen)]
+                word[k] = c
+                words.append("".join(LETTERS[i] for i in word)), slots.append(k), follow.append(c)
+    ids, mask = tokenize(tokenizer, [data.prompt(0, w, "mono") for w in words])
+    h = torch.cat([text_encoder(ids[i:i + 64], attention_mask=mask[i:i + 64])[0] for i in range(0, len(ids), 64)])
+    toks = tokenizer.convert_ids_to_tokens(ids[0])  # every prompt has the same layout: template, 3 letters
+    at_letter = [i for i, t in enumerate(toks) if t.startswith("##")]
+    letters = torch.stack([h[n, at_letter[k]] for n, k in enumerate(slots)])
+    markers = torch.stack([h[n, toks.index(f"#{k + 1}")] for n, k in enumerate(slots)])
+    slots, follow = torch.tensor(slots), torch.tensor(follow)
+    unit = torch.nn.functional.normalize(letters, dim=1)
+    same_letter = follow[:, None] == follow[None]
+    same_slot = slots[:, None] == slots[None]
+    cos = unit @ unit.T
+    off_diagonal = ~torch.eye(len(cos), dtype=torch.bool)
+
+    def nearest_mean(x, labels, n, train):
+        means = torch.stack([x[train & (labels == i)].mean(0) for i in range(n)])
+        test = ~train
+        return round(float((torch.cdist(x[test], means).argmin(1) == labels[test]).float().mean()), 3)
+
+    half = torch.arange(len(slots)) < len(slots) // 2  # the first half of the contexts fits, the second is read
+    return dict(cos_same_letter_same_slot=round(float(cos[same_letter & same_slot & off_diagonal].mean()), 3),
+                cos_same_letter_other_slot=round(float(cos[same_letter & ~same_slot].mean()), 3),
+                slot_from_letter_token=nearest_mean(letters, slots, 3, half),
+                next_letter_from_marker=nearest_mean(markers, follow, 26, half))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", type=pathlib.Path, nargs="+")
@@ -199,6 +242,8 @@ def main(argv=None):
                    help="how many mono training templates --sample generates on (3: 78 images; 11: all, 286)")
     p.add_argument("--attention", action="store_true",
                    help="also the letter token's share of the text attention in the text box, per block (~2 min)")
+    p.add_argument("--binding", action="store_true",
+                   help="(spell) also whether the text encoder binds each letter to its slot (seconds)")
     args = p.parse_args(argv)
     if args.attention and args.raw:
         p.error("--attention reads a pipeline folder through diffprobe.load; drop --raw (it reads a run's ckpt.pt)")
@@ -208,6 +253,8 @@ def main(argv=None):
         p.error(str(e))
     if args.attention and "spell" in kinds.values():
         p.error("--attention measures glyph-mmdit's joint blocks; drop it for spell folders")
+    if args.binding and "mmdit" in kinds.values():
+        p.error("--binding reads spell's marker tokenizer; drop it for glyph-mmdit folders")
     torch.set_num_threads(1)
     prober = Prober()
     for folder in args.folders:
@@ -216,6 +263,9 @@ def main(argv=None):
             d.update(sampled_letters(folder, args.raw, templates=SAMPLE_ORDER[:args.sample_templates]))
         if args.attention:
             d["letter_attention_by_block"] = letter_attention(folder)
+        if args.binding:
+            pipe = _pipeline(folder, args.raw)
+            d.update(slot_binding(pipe.tokenizer, pipe.text_encoder.eval()))
         print(folder, d, flush=True)
 
 

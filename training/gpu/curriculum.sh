@@ -6,7 +6,7 @@
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
 #                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
-#                 (raw step 15423: words of <= 3 letters on every mono template, unjittered; from stage 7/11 on).
+#                 (raw step 17000: words of <= 3 letters on every mono template, half jittered; from stage 8/11 on).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
 # up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
