@@ -389,6 +389,26 @@ def test_the_binding_measure_tells_a_bag_of_letters_from_an_encoder_that_binds_s
     assert bound["slot_from_letter_token"] == 1.0 and bound["next_letter_from_marker"] == 1.0
 
 
+def test_bind_slots_puts_the_slot_into_the_letter_tokens_and_leaves_other_prompts_alone():
+    """spell's slot-binding experiment (letter_test --bind-slots): a prompt without a quoted word encodes bit for
+    bit as before; in quoted words the slot becomes readable from the letter tokens."""
+    from training import diagnose
+    from training.glyph.model import tokenize
+    from training.spell import model
+
+    pipe = diagnose._pipeline(SPELL_CHECKPOINT)
+    te, tok = pipe.text_encoder.eval(), pipe.tokenizer
+    ids, mask = tokenize(tok, ["a red sign", 'a red sign that says "SAY"'])
+    with torch.no_grad():
+        before = te(ids, attention_mask=mask)[0]
+    unbound = diagnose.slot_binding(tok, te, contexts=4)["slot_from_letter_token"]
+    model.bind_slots(te, tok)
+    with torch.no_grad():
+        after = te(ids, attention_mask=mask)[0]
+    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    assert diagnose.slot_binding(tok, te, contexts=4)["slot_from_letter_token"] > unbound + 0.3
+
+
 def test_diagnose_names_what_it_cannot_read(tmp_path, capsys):
     from training import diagnose
 

@@ -90,6 +90,26 @@ def build_text_encoder(vocab_size: int):
     return T5EncoderModel(T5Config(vocab_size=vocab_size, **TEXT_CONFIG))
 
 
+def bind_slots(text_encoder, tokenizer):
+    """An experiment (eighteenth session, docs/model-card-spell.md), not the shipped pipeline: make
+    ``text_encoder`` (this instance only) add its marker's embedding to each letter token's input embedding
+    (``#2 ##a``: ``##a`` enters as E[##a] + E[#2]), so a letter carries its slot from the first layer on.
+    The trained encoder leaves the slot out of the letter tokens' outputs; this puts it in."""
+    vocab = tokenizer.get_vocab()
+    letters = torch.tensor([vocab["##" + c] for c in LETTERS])
+    markers = torch.tensor([vocab[m] for m in MARKERS])
+    embed, forward = text_encoder.get_input_embeddings(), text_encoder.forward
+
+    def bound(input_ids=None, attention_mask=None, **kw):
+        before = torch.roll(input_ids, 1, 1)
+        slotted = torch.isin(input_ids, letters) & torch.isin(before, markers)
+        inputs = embed(input_ids) + slotted[..., None] * embed(before)
+        return forward(inputs_embeds=inputs, attention_mask=attention_mask, **kw)
+
+    text_encoder.forward = bound
+    return text_encoder
+
+
 # The UNet, the scheduler, the pipeline assembly and the IFPipeline-exact tokenization are glyph's (same UNet config,
 # same schedule, same stock IFPipeline, same 77-token padding); only the tokenizer and the text encoder differ.
 from training.glyph.model import (  # noqa: E402,F401  (re-exported for train/evaluate)
