@@ -25,9 +25,11 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 12800) == (4, 14500, curriculum.STAGES[1])
     assert curriculum.stage("spell", 14500) == (5, 15100, curriculum.WORDS_RED_SIGN)
     assert curriculum.stage("spell", 15100) == (6, 15700, curriculum.STILL_WORDS)
-    assert curriculum.stage("spell", 15700) == (7, 19700, curriculum.HALF_JITTER_WORDS)
-    assert curriculum.stage("spell", 17000) == (7, 19700, curriculum.HALF_JITTER_WORDS)  # the snapshot's step
-    assert curriculum.stage("spell", 19700) == (8, 22400, curriculum.STAGES[1])
+    assert curriculum.stage("spell", 15700) == (7, 17000, curriculum.HALF_JITTER_WORDS)
+    assert curriculum.stage("spell", 17000) == (8, 17300, curriculum.WORDS_RED_SIGN)  # slot-letter tokens from here
+    assert curriculum.stage("spell", 17300) == (9, 17700, curriculum.STILL_WORDS)
+    assert curriculum.stage("spell", 17700) == (10, 20000, curriculum.HALF_JITTER_WORDS)
+    assert curriculum.stage("spell", 20000) == (11, 22700, curriculum.STAGES[1])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model

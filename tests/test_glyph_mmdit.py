@@ -354,6 +354,9 @@ def test_diagnose_reads_spell_snapshots_and_a_runs_raw_weights(tmp_path):
     raw, _ = diagnose.predictor(run, raw=True)
     assert not torch.equal(raw(prompts, noise), ema)
     assert torch.equal(diagnose.predictor(run / "pipeline")[0](prompts, noise), ema)  # the EMA path is untouched
+    from training.spell import evaluate
+
+    assert torch.equal(evaluate.load(run, raw=True).unet.conv_out.bias, unet["conv_out.bias"])  # evaluate --raw
 
     d = diagnose.diagnose(SPELL_CHECKPOINT, Prober())
     assert len(d["letter_acc_by_slot"]) == spell_data.MAX_LETTERS and 0.0 <= d["single_letter_acc"] <= 1.0
@@ -362,18 +365,21 @@ def test_diagnose_reads_spell_snapshots_and_a_runs_raw_weights(tmp_path):
 
 
 def test_the_binding_measure_tells_a_bag_of_letters_from_an_encoder_that_binds_slots():
-    """--binding on two stand-in encoders over spell's real tokenizer: one that outputs each token's identity
-    only (a bag of letters: the same letter looks the same in every slot), one that adds the token's position and
-    the next token's identity (the slot and the marker's letter can be read)."""
-    from transformers import AutoTokenizer
-
+    """--binding on two stand-in encoders over spell's tokenizer: one that outputs each token's letter only (a bag
+    of letters: the same letter looks the same in every slot), one that adds the token's position and the next
+    token's identity (the slot and the marker's letter can be read)."""
     from training import diagnose
+    from training.spell import model
 
-    tok = AutoTokenizer.from_pretrained(SPELL_CHECKPOINT / "tokenizer")
+    tok = model.build_tokenizer()
     vocab = len(tok)
+    letter_of = torch.arange(vocab)
+    for token, i in tok.get_vocab().items():
+        if token in model.SLOT_LETTERS or token.startswith("##"):
+            letter_of[i] = vocab + model.LETTERS.index(token[-1])
 
     def identity(ids, attention_mask=None):
-        return (torch.nn.functional.one_hot(ids, vocab).float(),)
+        return (torch.nn.functional.one_hot(letter_of[ids], vocab + 26).float(),)
 
     def binding(ids, attention_mask=None):
         this = torch.nn.functional.one_hot(ids, vocab).float()
@@ -389,24 +395,48 @@ def test_the_binding_measure_tells_a_bag_of_letters_from_an_encoder_that_binds_s
     assert bound["slot_from_letter_token"] == 1.0 and bound["next_letter_from_marker"] == 1.0
 
 
-def test_bind_slots_puts_the_slot_into_the_letter_tokens_and_leaves_other_prompts_alone():
-    """spell's slot-binding experiment (letter_test --bind-slots): a prompt without a quoted word encodes bit for
-    bit as before; in quoted words the slot becomes readable from the letter tokens."""
-    from training import diagnose
+def test_spell_tokenizer_gives_each_letter_one_token_that_names_its_slot():
+    from training.spell import model
+
+    tok = model.build_tokenizer()
+
+    def tokens(prompt):
+        ids = model.tokenize(tok, [prompt])[0]
+        return tok.convert_ids_to_tokens(ids[ids != 0].tolist())
+
+    assert tokens('a red sign that says "Stop"') == ["a", "red", "sign", "that", "says", "#1", "#1s", "#2", "#2t",
+                                                    "#3", "#3o", "#4", "#4p", "#end", "</s>"]
+    assert tokens('a red sign that says "stop"') == tokens('A RED SIGN THAT SAYS "STOP"')
+    long = tokens('a red sign that says "abcdefghij"')
+    assert long[-7:] == ["#7g", "#8", "#8h", "##i", "##j", "#end", "</s>"]  # letters 9+ follow as ## pieces
+    assert tokens('a red sign that says "A"')[-4:] == ["#1", "#1a", "#end", "</s>"]  # not the word "a"
+    assert model.UNK not in tokens(spell_data.prompt(6, "QUIZ", "serif"))
+    assert tok.convert_ids_to_tokens(list(range(len(tok) - len(model.SLOT_LETTERS), len(tok)))) == model.SLOT_LETTERS
+
+
+def test_an_encoder_trained_before_the_slot_letter_tokens_loads_with_its_ids_and_outputs_unchanged():
+    """load_text_encoder_state on a state with the older, smaller vocabulary: its rows keep their ids, a prompt
+    without a quoted word encodes bit for bit as before, and each slot-letter token starts as E[##x] + E[#k]."""
     from training.glyph.model import tokenize
     from training.spell import model
 
-    pipe = diagnose._pipeline(SPELL_CHECKPOINT)
-    te, tok = pipe.text_encoder.eval(), pipe.tokenizer
-    ids, mask = tokenize(tok, ["a red sign", 'a red sign that says "SAY"'])
+    tok = model.build_tokenizer()
+    vocab = tok.get_vocab()
+    torch.manual_seed(0)
+    old = model.build_text_encoder(len(tok) - len(model.SLOT_LETTERS)).eval()
+    new = model.build_text_encoder(len(tok)).eval()
+    model.load_text_encoder_state(new, old.state_dict(), tok)
+    before, after = old.get_input_embeddings().weight, new.get_input_embeddings().weight
+    assert new.shared.weight.data_ptr() == new.encoder.embed_tokens.weight.data_ptr()  # still tied
+    assert torch.equal(after[:len(before)], before)
+    for k in range(1, spell_data.MAX_LETTERS + 1):
+        for c in model.LETTERS:
+            assert torch.equal(after[vocab[f"#{k}{c}"]], before[vocab["##" + c]] + before[vocab[f"#{k}"]])
+    ids, mask = tokenize(tok, ["a red sign in mono letters", ""])
     with torch.no_grad():
-        before = te(ids, attention_mask=mask)[0]
-    unbound = diagnose.slot_binding(tok, te, contexts=4)["slot_from_letter_token"]
-    model.bind_slots(te, tok)
-    with torch.no_grad():
-        after = te(ids, attention_mask=mask)[0]
-    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
-    assert diagnose.slot_binding(tok, te, contexts=4)["slot_from_letter_token"] > unbound + 0.3
+        assert torch.equal(new(ids, attention_mask=mask)[0], old(ids, attention_mask=mask)[0])
+    with pytest.raises(RuntimeError):  # a state of another shape is still refused
+        model.load_text_encoder_state(new, model.build_text_encoder(len(tok) + 1).state_dict(), tok)
 
 
 def test_diagnose_names_what_it_cannot_read(tmp_path, capsys):

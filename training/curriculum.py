@@ -56,10 +56,12 @@ PLANS = {
     # letters flat at 0.67-0.69 from 12000 on, above the 0.53 glyph-mmdit went on with), then glyph-mmdit's
     # lengths for stages 2 and 3 (6,900 and 6,884 steps at batch 32); stage 2 from 14500 ramped as stage 1 was;
     # the half-jitter words stage held to 19700 in the eighteenth session (from 17000, full jitter took the words'
-    # letters from 0.35 to 0.22 a slot on the red sign in 400 steps), the later stages keep their lengths
+    # letters from 0.35 to 0.22 a slot on the red sign in 400 steps), the later stages keep their lengths; in the
+    # nineteenth, at step 17000, the slot-letter tokens (training/spell/model.py) and the word ramp once more
     "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (12800, STAGES[0]),
-              (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (19700, HALF_JITTER_WORDS),
-              (22400, STAGES[1]), (29284, STAGES[2]), (None, STAGES[3])),
+              (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (17000, HALF_JITTER_WORDS),
+              (17300, WORDS_RED_SIGN), (17700, STILL_WORDS), (20000, HALF_JITTER_WORDS),
+              (22700, STAGES[1]), (29584, STAGES[2]), (None, STAGES[3])),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit

@@ -199,6 +199,7 @@ def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
 def slot_binding(tokenizer, text_encoder, contexts: int = 8, seed: int = 0) -> dict:
     """Whether ``text_encoder``'s outputs bind each letter of a 3-letter quoted word to its slot (see --binding)."""
     from training.glyph.model import tokenize
+    from training.spell import model as spell
 
     gen = torch.Generator().manual_seed(seed)
     words, slots, follow = [], [], []
@@ -211,7 +212,7 @@ def slot_binding(tokenizer, text_encoder, contexts: int = 8, seed: int = 0) -> d
     ids, mask = tokenize(tokenizer, [data.prompt(0, w, "mono") for w in words])
     h = torch.cat([text_encoder(ids[i:i + 64], attention_mask=mask[i:i + 64])[0] for i in range(0, len(ids), 64)])
     toks = tokenizer.convert_ids_to_tokens(ids[0])  # every prompt has the same layout: template, 3 letters
-    at_letter = [i for i, t in enumerate(toks) if t.startswith("##")]
+    at_letter = [i for i, t in enumerate(toks) if t.startswith("##") or t in spell.SLOT_LETTERS]
     letters = torch.stack([h[n, at_letter[k]] for n, k in enumerate(slots)])
     markers = torch.stack([h[n, toks.index(f"#{k + 1}")] for n, k in enumerate(slots)])
     slots, follow = torch.tensor(slots), torch.tensor(follow)

@@ -2,6 +2,7 @@
 
     python -m training.spell.evaluate [--model training/spell/checkpoint] [--n 16] [--samples 1]
         [--steps 25] [--guidance 4] [--font mono] [--max-letters 3] [--out results.json] [--grid grid.png]
+    python -m training.spell.evaluate --model runs/spell --raw ...    # a run's ckpt.pt, its raw (not EMA) weights
 
 Splits: ``heldout`` = the first N of ``data.eval_heldout()`` (words never trained), ``train`` = the first N of
 ``data.eval_train()``, ``combos`` = training words on the held-out template x font combinations (needs a font
@@ -29,9 +30,15 @@ from training.glyph.evaluate import save_grid
 DEFAULT_MODEL = pathlib.Path("training/spell/checkpoint")
 
 
-def load(model_dir=None):
+def load(model_dir=None, raw: bool = False):
+    """The pipeline folder's pipeline in fp32; ``raw``: ``model_dir`` is a run folder (``ckpt.pt`` and
+    ``pipeline/``), whose raw weights replace the EMA ones (as ``training.diagnose --raw``)."""
     from diffusers import DiffusionPipeline
 
+    if raw:
+        from training.diagnose import _pipeline
+
+        return _pipeline(pathlib.Path(model_dir), raw=True)
     pipe = DiffusionPipeline.from_pretrained(str(model_dir or DEFAULT_MODEL))  # fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -141,6 +148,7 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=pathlib.Path, default=None, help=f"pipeline folder (default {DEFAULT_MODEL})")
+    ap.add_argument("--raw", action="store_true", help="--model is a run folder: its ckpt.pt's raw weights")
     ap.add_argument("--splits", default="heldout,train", help="comma list of heldout, train, combos")
     ap.add_argument("--n", type=int, default=16, help="words per split")
     ap.add_argument("--samples", type=int, default=1)
@@ -156,8 +164,10 @@ def main(argv=None):
     ap.add_argument("--out", type=pathlib.Path, default=None)
     ap.add_argument("--grid", type=pathlib.Path, default=None, help="PNG grid per split: NAME-<split>.png")
     a = ap.parse_args(argv)
+    if a.raw and a.model is None:
+        ap.error("--raw reads a run folder's ckpt.pt: give it with --model (e.g. --model runs/spell)")
     torch.set_num_threads(a.threads)
-    pipe = load(a.model)
+    pipe = load(a.model, a.raw)
     allres = {}
     for split in a.splits.split(","):
         grid = a.grid.with_name(f"{a.grid.stem}-{split}{a.grid.suffix}") if a.grid else None

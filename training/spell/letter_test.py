@@ -20,8 +20,6 @@ every mono training template) and ``--jitter`` take that variation apart (``--va
 alone, unjittered) and measures, on the first of them, the letter accuracy in each slot of 64 probe words of 3 to
 that many letters (32 held out, 32 trained; nearest of the 26 renders that differ in that letter; chance 1/26):
 can the UNet place letters side by side when little else varies? The mirror of training/mmdit/letter_test.py.
-``--bind-slots`` adds each letter's slot marker embedding to the letter token's input embedding
-(``model.bind_slots``; eighteenth session: the trained encoder leaves the slot out of the letters' outputs).
 """
 from __future__ import annotations
 
@@ -76,18 +74,14 @@ def word_slots(template: int, max_letters: int):
 
 
 def run(init=DEFAULT_INIT, layout: str = "model", steps: int = 200, every: int = 25, lr: float = 5e-4,
-        text_lr: float = 3e-4, batch: int = 32, templates=None, jitter: bool = False, max_letters: int = 1,
-        bind_slots: bool = False):
+        text_lr: float = 3e-4, batch: int = 32, templates=None, jitter: bool = False, max_letters: int = 1):
     """Yields (step, accuracy, spread, seconds) every ``every`` steps, from step 0 (before training) to ``steps``.
     ``templates``: None (the red sign's own renders), ``"all"`` or indices: batches from ``spell_data.sample_batch``.
     ``max_letters`` > 1: words (see the module's doc); then the accuracy is a list, one per letter slot, and the
-    spread is their mean. ``bind_slots``: each letter token enters the encoder with its marker's embedding added
-    (``model.bind_slots``)."""
+    spread is their mean."""
     if max_letters > 1 and templates in (None, "all"):
         templates = (0,) if templates is None else tuple(t for t, _ in data.train_combos(("mono",)))
     unet, te, tok, _ = build(init)
-    if bind_slots:
-        model.bind_slots(te, tok)
     sched = model.build_train_scheduler()
     T, acp = sched.config.num_train_timesteps, sched.alphas_cumprod.float()
     opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": lr},
@@ -174,14 +168,11 @@ def main(argv=None):
     p.add_argument("--jitter", action="store_true", help="jitter colours, size and place as the trainer does")
     p.add_argument("--max-letters", type=int, default=1, choices=(1, 3, 4, 5, 6, 7, 8),
                    help="3 or more: train on words of up to this many letters, measure their letter slots")
-    p.add_argument("--bind-slots", action="store_true",
-                   help="each letter token enters the text encoder with its slot marker's embedding added")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"init {args.init}, layout {args.layout}, lr {args.lr}/{args.text_lr}, batch {args.batch}, "
-          f"{'stage-1 batches' if args.varied else f'templates {args.templates or 0}, jitter {args.jitter}'}"
-          f"{', slots bound into the letter tokens' if args.bind_slots else ''}",
+          f"{'stage-1 batches' if args.varied else f'templates {args.templates or 0}, jitter {args.jitter}'}",
           flush=True)
     templates, jitter = ("all", True) if args.varied else (args.templates, args.jitter)
     if templates not in (None, "all"):  # checked before any model is built (SpecError names the choices)
@@ -189,7 +180,7 @@ def main(argv=None):
     elif templates is None and jitter:
         templates = (0,)
     for step, acc, spread, secs in run(args.init, args.layout, args.steps, args.every, args.lr, args.text_lr,
-                                       args.batch, templates, jitter, args.max_letters, args.bind_slots):
+                                       args.batch, templates, jitter, args.max_letters):
         if args.max_letters > 1:
             print(f"step {step}: letter accuracy by slot {acc}, mean {spread:.3f} ({secs} s)", flush=True)
         else:

@@ -4,16 +4,23 @@ no custom code).
 
 Tokenizer (``tokenizers`` WordPiece, wrapped in ``PreTrainedTokenizerFast``). The quoted word is spelled:
 
-    'a red sign that says "Stop"'  ->  a red sign that says #1 ##s #2 ##t #3 ##o #4 ##p #end </s>
+    'a red sign that says "Stop"'  ->  a red sign that says #1 #1s #2 #2t #3 #3o #4 #4p #end </s>
 
-- ONE letter vocabulary ``##a`` .. ``##z`` shared by every position; the position is a separate marker token
-  ``#1`` .. ``#8`` before each letter, and ``#end`` closes the word (so the encoder also knows its length).
-  Letters after the 8th get no marker (they follow ``#8`` as further ``##x`` pieces).
-- The markers are inserted by the normalizer with look-behind regexes (``(?<="[a-z]{k-1})(?=[a-z])`` -> `` #k``,
-  applied for k = 8 .. 1), so the whole thing is a plain ``tokenizer.json``.
+- Each letter is ONE token naming the letter AND its slot: ``#2t`` is "t" as the word's 2nd letter (``#1a`` ..
+  ``#8z``, nineteenth session). The trained encoder, given one letter vocabulary ``##a`` .. ``##z`` shared by
+  every slot and the slot only in a separate marker token, gave each letter the same output in every slot
+  (docs/model-card-spell.md, eighteenth session: words came out with their letters in the wrong order).
+  The marker ``#1`` .. ``#8`` still stands before each letter and ``#end`` closes the word (so the encoder also
+  knows its length). Letters after the 8th follow ``#8x`` as ``##x`` pieces.
+- The markers are inserted by the normalizer with look-behind regexes (``(?<="[a-z]{k-1})(?=[a-z])`` ->
+  `` #k #k``, applied for k = 8 .. 1); WordPiece's longest match then reads ``#ks`` as one token, so the whole
+  thing is a plain ``tokenizer.json``.
 - Template words (``a``, ``red``, ``sign`` ...) are whole-word tokens and can never collide with the letters
-  (``a`` vs ``##a``). Lower- and upper-case input give the same tokens (``Lowercase`` normalizer; IFPipeline
+  (``a`` vs ``#1a``). Lower- and upper-case input give the same tokens (``Lowercase`` normalizer; IFPipeline
   lower-cases too). Punctuation other than ``"`` is dropped; an unknown word outside quotes is ``<unk>``.
+- The slot-letter tokens come last in the vocabulary, so a text encoder trained before them (step 17000 and
+  earlier) loads with its ids unchanged: ``load_text_encoder_state`` gives each new token the embedding
+  E[``##x``] + E[``#k``] (what the eighteenth session's controlled test fed the encoder).
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MARKERS = [f"#{k}" for k in range(1, data.MAX_LETTERS + 1)]
 END = "#end"
+#: one token per (slot, letter), after everything else in the vocabulary (see the module's doc)
+SLOT_LETTERS = [f"#{k}{c}" for k in range(1, data.MAX_LETTERS + 1) for c in LETTERS]
 
 #: the shipped glyph UNet's config, unchanged: 32x128 -> 16x64 -> 8x32 -> 4x16 -> 2x8, so the 2x8 bottleneck has one
 #: column per letter position, and glyph's weights can warm-start this one (--unet-from; convolutions do not care
@@ -57,7 +66,7 @@ def vocabulary() -> list[str]:
         words += t.name.split()
     words += "that says in letters".split() + list(data.FONT_NAMES)
     seen: dict[str, None] = {}
-    for w in words + MARKERS + [END] + ["##" + c for c in LETTERS]:
+    for w in words + MARKERS + [END] + ["##" + c for c in LETTERS] + SLOT_LETTERS:
         seen.setdefault(w, None)
     return [PAD, EOS, UNK] + list(seen)
 
@@ -70,8 +79,8 @@ def build_tokenizer():
     vocab = {w: i for i, w in enumerate(vocabulary())}
     tok = Tokenizer(WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100))
     norm = [normalizers.Lowercase(), normalizers.Replace(Regex(r'[^a-z" ]'), " ")]
-    for k in range(data.MAX_LETTERS, 0, -1):  # insert " #k" before the k-th letter after an opening quote
-        norm.append(normalizers.Replace(Regex('(?<="[a-z]{%d})(?=[a-z])' % (k - 1)), f" #{k}"))
+    for k in range(data.MAX_LETTERS, 0, -1):  # insert " #k #k" before the k-th letter after an opening quote
+        norm.append(normalizers.Replace(Regex('(?<="[a-z]{%d})(?=[a-z])' % (k - 1)), f" #{k} #{k}"))
     norm.append(normalizers.Replace(Regex(r'"(?= #1)'), " "))  # opening quote: gone (the markers say it)
     norm.append(normalizers.Replace('"', f" {END} "))  # closing quote: end of the word
     tok.normalizer = normalizers.Sequence(norm)
@@ -90,24 +99,21 @@ def build_text_encoder(vocab_size: int):
     return T5EncoderModel(T5Config(vocab_size=vocab_size, **TEXT_CONFIG))
 
 
-def bind_slots(text_encoder, tokenizer):
-    """An experiment (eighteenth session, docs/model-card-spell.md), not the shipped pipeline: make
-    ``text_encoder`` (this instance only) add its marker's embedding to each letter token's input embedding
-    (``#2 ##a``: ``##a`` enters as E[##a] + E[#2]), so a letter carries its slot from the first layer on.
-    The trained encoder leaves the slot out of the letter tokens' outputs; this puts it in."""
-    vocab = tokenizer.get_vocab()
-    letters = torch.tensor([vocab["##" + c] for c in LETTERS])
-    markers = torch.tensor([vocab[m] for m in MARKERS])
-    embed, forward = text_encoder.get_input_embeddings(), text_encoder.forward
-
-    def bound(input_ids=None, attention_mask=None, **kw):
-        before = torch.roll(input_ids, 1, 1)
-        slotted = torch.isin(input_ids, letters) & torch.isin(before, markers)
-        inputs = embed(input_ids) + slotted[..., None] * embed(before)
-        return forward(inputs_embeds=inputs, attention_mask=attention_mask, **kw)
-
-    text_encoder.forward = bound
-    return text_encoder
+def load_text_encoder_state(text_encoder, state: dict, tokenizer) -> None:
+    """Load ``state`` into ``text_encoder``; a state saved before the slot-letter tokens (fewer embedding rows)
+    keeps its rows, and each slot-letter token it lacks starts as E[``##x``] + E[``#k``] of that state."""
+    vocab, state = tokenizer.get_vocab(), dict(state)
+    for key in ("shared.weight", "encoder.embed_tokens.weight"):
+        old = state.get(key)
+        if old is None or len(old) >= len(vocab):
+            continue
+        grown = torch.zeros(len(vocab), old.shape[1], dtype=old.dtype)
+        grown[:len(old)] = old
+        for token in SLOT_LETTERS:
+            if vocab[token] >= len(old):
+                grown[vocab[token]] = old[vocab["##" + token[2]]] + old[vocab[token[:2]]]
+        state[key] = grown
+    text_encoder.load_state_dict(state)
 
 
 # The UNet, the scheduler, the pipeline assembly and the IFPipeline-exact tokenization are glyph's (same UNet config,

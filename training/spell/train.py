@@ -235,7 +235,8 @@ def raw_snapshot(run: pathlib.Path, to: pathlib.Path):
 def load_raw(ckpt: pathlib.Path, unet, te) -> int:
     """Load a run's ``ckpt.pt`` raw (not EMA) weights into ``unet`` and ``te``; returns its step."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    unet.load_state_dict(ck["unet"]), te.load_state_dict(ck["te"])
+    unet.load_state_dict(ck["unet"])
+    model.load_text_encoder_state(te, ck["te"], model.build_tokenizer())  # (grows a pre-slot-letter vocabulary)
     return ck["step"]
 
 
@@ -247,7 +248,7 @@ def load_from(folder: pathlib.Path, unet, te=None):
     unet.load_state_dict(u.state_dict())
     if te is not None:
         t = T5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
-        te.load_state_dict(t.state_dict())
+        model.load_text_encoder_state(te, t.state_dict(), model.build_tokenizer())
 
 
 # ------------------------------------------------------------------------------------------------- main
