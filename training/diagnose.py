@@ -88,9 +88,10 @@ def _pipeline(folder: pathlib.Path, raw: bool = False):
     return pipe
 
 
-def predictor(folder: pathlib.Path, raw: bool = False) -> tuple[Callable, int]:
-    """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser."""
-    pipe = _pipeline(folder, raw)
+def predictor(folder: pathlib.Path, raw: bool = False, pipe=None) -> tuple[Callable, int]:
+    """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser
+    (``pipe``: that folder's pipeline, already loaded)."""
+    pipe = pipe or _pipeline(folder, raw)
     if KINDS[type(pipe).__name__] == "mmdit":  # (the loaded class: no second read of model_index.json)
         from training.mmdit import model as mmdit
 
@@ -131,10 +132,11 @@ def read_letters(images: torch.Tensor, template: int) -> torch.Tensor:
 SAMPLE_ORDER = (0, 3, 5) + tuple(t for t, _ in data.train_combos(("mono",)) if t not in (0, 3, 5))
 
 
-def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_ORDER[:3], steps: int = 20) -> dict:
+def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_ORDER[:3], steps: int = 20,
+                    pipe=None) -> dict:
     from training.spell.evaluate import _call_kwargs
 
-    pipe = _pipeline(folder, raw)
+    pipe = pipe or _pipeline(folder, raw)
     hits, guesses = 0, collections.Counter()
     for t in templates:
         images = pipe([data.prompt(t, c, "mono") for c in LETTERS], height=data.HEIGHT, width=data.WIDTH,
@@ -168,8 +170,8 @@ def letter_attention(folder: pathlib.Path, blocks=range(8), templates=(0, 3), le
     return shares
 
 
-def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False) -> dict:
-    x0, channels = predictor(folder, raw)
+def diagnose(folder: pathlib.Path, prober: Prober, raw: bool = False, pipe=None) -> dict:
+    x0, channels = predictor(folder, raw, pipe)
     noise = torch.randn(len(prober.items), channels, data.HEIGHT, data.WIDTH, generator=torch.Generator().manual_seed(4321))
     xs = torch.cat([x0(prober.prompts[i:i + 32], noise[i:i + 32]) for i in range(0, len(prober.prompts), 32)])
     hits, seen = [0] * data.MAX_LETTERS, [0] * data.MAX_LETTERS
@@ -259,13 +261,13 @@ def main(argv=None):
     torch.set_num_threads(1)
     prober = Prober()
     for folder in args.folders:
-        d = diagnose(folder, prober, args.raw)
+        pipe = _pipeline(folder, args.raw)  # once per folder, for every measure but --attention (diffprobe.load)
+        d = diagnose(folder, prober, args.raw, pipe)
         if args.sample:
-            d.update(sampled_letters(folder, args.raw, templates=SAMPLE_ORDER[:args.sample_templates]))
+            d.update(sampled_letters(folder, args.raw, templates=SAMPLE_ORDER[:args.sample_templates], pipe=pipe))
         if args.attention:
             d["letter_attention_by_block"] = letter_attention(folder)
         if args.binding:
-            pipe = _pipeline(folder, args.raw)
             d.update(slot_binding(pipe.tokenizer, pipe.text_encoder.eval()))
         print(folder, d, flush=True)
 
