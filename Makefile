@@ -59,11 +59,12 @@ train-glyph: install
 # run bit for bit when its full checkpoint is there; on a new machine it warm-starts from the committed snapshot
 # (weights and step count; AdamW restarts). Then the run is snapshotted: spell into training/spell/checkpoint;
 # glyph-mmdit into training/mmdit/checkpoint (MMDIT_SHIP=no) or into the shipped weights (MMDIT_SHIP=yes).
-# On a GPU: SPELL_ARGS="--device cuda" (bf16 is ~30x slower on AVX2 CPUs, hence --no-bf16 here).
+# On a GPU: SPELL_ARGS="--device cuda". On a CPU the trainer autocasts to bf16 only where the CPU has AMX (2x
+# faster than fp32 there; ~30x slower on AVX2-only CPUs); --no-bf16 forces fp32.
 # spell's snapshot is of the RAW weights while its curriculum runs: a stage of a few hundred steps is over before
 # the EMA (decay 0.998) catches up, and the next run warm-starts from the snapshot (docs/model-card-spell.md).
 SPELL_MINUTES ?= 60
-SPELL_ARGS ?= --no-bf16 --threads 2
+SPELL_ARGS ?= --threads 2
 SPELL_RUN ?= runs/spell
 train-spell: install
 	$(PY) -m training.curriculum spell --out $(SPELL_RUN) --minutes $(SPELL_MINUTES) $(SPELL_ARGS)
