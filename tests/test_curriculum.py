@@ -28,13 +28,17 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 15700) == (7, 17000, curriculum.HALF_JITTER_WORDS)
     assert curriculum.stage("spell", 17000) == (8, 17300, curriculum.WORDS_RED_SIGN)  # slot-letter tokens from here
     assert curriculum.stage("spell", 17300) == (9, 17700, curriculum.STILL_WORDS)
-    assert curriculum.stage("spell", 17700) == (10, 20000, curriculum.HALF_JITTER_WORDS)
-    assert curriculum.stage("spell", 20000) == (11, 22700, curriculum.STAGES[1])
+    assert curriculum.stage("spell", 17700) == (10, 18400, curriculum.HALF_JITTER_WORDS)
+    assert curriculum.stage("spell", 18400) == (11, 19000, curriculum.STAGES[1])
+    assert curriculum.stage("spell", 19000) == (12, 19300, curriculum.LONG_RED_SIGN)
+    assert curriculum.stage("spell", 20700) == (15, 27584, curriculum.STAGES[2])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
-        assert [a for _, a in plan[-3:]] == list(curriculum.STAGES[1:]), model  # both end with glyph-mmdit's last 3
-        assert all(a.startswith(curriculum.STAGES[:2]) or a in curriculum.STAGES for _, a in plan), model  # ramps
+        full = [a for _, a in plan if a in curriculum.STAGES]
+        assert full[-3:] == list(curriculum.STAGES[1:]) and plan[-1][1] == curriculum.STAGES[3], model
+        ramps = tuple(f"{stage} " for stage in curriculum.STAGES[:3])  # a stage's arguments, and more
+        assert all(a in curriculum.STAGES or a.startswith(ramps) for _, a in plan), model
     with pytest.raises(SpecError, match="past the last stage"):
         curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
 

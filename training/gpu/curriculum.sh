@@ -43,8 +43,8 @@ case "$MODEL" in
     START=(--init-from "$FROM")
     # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain,
     # then the same ramp (red sign, all unjittered, half jittered), again from step 17000 with the slot-letter
-    # tokens, then all jittered; all lengths; all faces
-    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.1 0.15 0.17 0.17" ;;
+    # tokens, then all jittered; all lengths through the same ramp; all faces
+    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.06 0.02 0.03 0.06 0.15 0.17" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 FIRST=0
