@@ -29,9 +29,10 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 17000) == (8, 17300, curriculum.WORDS_RED_SIGN)  # slot-letter tokens from here
     assert curriculum.stage("spell", 17300) == (9, 17700, curriculum.STILL_WORDS)
     assert curriculum.stage("spell", 17700) == (10, 18400, curriculum.HALF_JITTER_WORDS)
-    assert curriculum.stage("spell", 18400) == (11, 19000, curriculum.STAGES[1])
-    assert curriculum.stage("spell", 19000) == (12, 19300, curriculum.LONG_RED_SIGN)
-    assert curriculum.stage("spell", 20700) == (15, 27584, curriculum.STAGES[2])
+    assert curriculum.stage("spell", 18400) == (11, 18700, curriculum.LONG_RED_SIGN)  # the snapshot's step
+    assert curriculum.stage("spell", 18700) == (12, 19100, curriculum.STILL_LONG)
+    assert curriculum.stage("spell", 19100) == (13, 20700, curriculum.HALF_JITTER_LONG)
+    assert curriculum.stage("spell", 20700) == (14, 27584, curriculum.STAGES[2])
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model

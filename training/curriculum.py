@@ -64,11 +64,13 @@ PLANS = {
     # the half-jitter words stage held to 19700 in the eighteenth session (from 17000, full jitter took the words'
     # letters from 0.35 to 0.22 a slot on the red sign in 400 steps); in the nineteenth, at step 17000, the
     # slot-letter tokens (training/spell/model.py) and the word ramp once more, shortened (3-letter words read 0.94
-    # exact at 17700), then stage 3 ramped in the same way; its full stage and stage 4 keep glyph-mmdit's lengths
+    # exact at 17700 and 18400); full jitter then took them to 0.75 in 400 steps (18800, discarded), so stage 2
+    # ends at the half-jittered 18400 and stage 3 follows through the same ramp; its full stage and stage 4 keep
+    # glyph-mmdit's lengths
     "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (12800, STAGES[0]),
               (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (17000, HALF_JITTER_WORDS),
-              (17300, WORDS_RED_SIGN), (17700, STILL_WORDS), (18400, HALF_JITTER_WORDS), (19000, STAGES[1]),
-              (19300, LONG_RED_SIGN), (19700, STILL_LONG), (20700, HALF_JITTER_LONG), (27584, STAGES[2]),
+              (17300, WORDS_RED_SIGN), (17700, STILL_WORDS), (18400, HALF_JITTER_WORDS),
+              (18700, LONG_RED_SIGN), (19100, STILL_LONG), (20700, HALF_JITTER_LONG), (27584, STAGES[2]),
               (None, STAGES[3])),
 }
 RECIPES = {

@@ -46,7 +46,7 @@ def parse_args(argv=None):
                            threads=1, init_from_help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
     p.add_argument("--text-lr", type=float, default=1e-3)
     p.add_argument("--no-bf16", action="store_true",
-                   help="fp32 everywhere (on a CPU without AMX, fp32 is already the default: bf16 is ~30x slower there)")
+                   help="fp32 everywhere (on CPUs without AMX fp32 is the default: bf16 is ~30x slower there)")
     p.add_argument("--raw-snapshot", action="store_true",
                    help="with --snapshot: export the run's raw weights (ckpt.pt), not its EMA pipeline/")
     p.add_argument("--unet-from", type=pathlib.Path, default=None,
