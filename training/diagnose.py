@@ -91,7 +91,7 @@ def _pipeline(folder: pathlib.Path, raw: bool = False):
 def predictor(folder: pathlib.Path, raw: bool = False, pipe=None) -> tuple[Callable, int]:
     """(``x0(prompts, noise) -> images in [-1, 1]``, the noise's channel count) for the snapshot's denoiser
     (``pipe``: that folder's pipeline, already loaded)."""
-    pipe = pipe or _pipeline(folder, raw)
+    pipe = pipe if pipe is not None else _pipeline(folder, raw)
     if KINDS[type(pipe).__name__] == "mmdit":  # (the loaded class: no second read of model_index.json)
         from training.mmdit import model as mmdit
 
@@ -136,7 +136,7 @@ def sampled_letters(folder: pathlib.Path, raw: bool = False, templates=SAMPLE_OR
                     pipe=None) -> dict:
     from training.spell.evaluate import _call_kwargs
 
-    pipe = pipe or _pipeline(folder, raw)
+    pipe = pipe if pipe is not None else _pipeline(folder, raw)
     hits, guesses = 0, collections.Counter()
     for t in templates:
         images = pipe([data.prompt(t, c, "mono") for c in LETTERS], height=data.HEIGHT, width=data.WIDTH,

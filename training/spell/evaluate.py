@@ -33,12 +33,12 @@ DEFAULT_MODEL = pathlib.Path("training/spell/checkpoint")
 def load(model_dir=None, raw: bool = False):
     """The pipeline folder's pipeline in fp32; ``raw``: ``model_dir`` is a run folder (``ckpt.pt`` and
     ``pipeline/``), whose raw weights replace the EMA ones (as ``training.diagnose --raw``)."""
-    from diffusers import DiffusionPipeline
-
     if raw:
         from training.diagnose import _pipeline
 
         return _pipeline(pathlib.Path(model_dir), raw=True)
+    from diffusers import DiffusionPipeline
+
     pipe = DiffusionPipeline.from_pretrained(str(model_dir or DEFAULT_MODEL))  # fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -99,10 +99,11 @@ def build_text_encoder(vocab_size: int):
     return T5EncoderModel(T5Config(vocab_size=vocab_size, **TEXT_CONFIG))
 
 
-def load_text_encoder_state(text_encoder, state: dict, tokenizer) -> None:
+def load_text_encoder_state(text_encoder, state: dict) -> None:
     """Load ``state`` into ``text_encoder``; a state saved before the slot-letter tokens (fewer embedding rows)
-    keeps its rows, and each slot-letter token it lacks starts as E[``##x``] + E[``#k``] of that state."""
-    vocab, state = tokenizer.get_vocab(), dict(state)
+    keeps its rows, and each slot-letter token it lacks starts as E[``##x``] + E[``#k``] of that state (ids from
+    ``vocabulary()``, the tokenizer's)."""
+    vocab, state = {w: i for i, w in enumerate(vocabulary())}, dict(state)
     for key in ("shared.weight", "encoder.embed_tokens.weight"):
         old = state.get(key)
         if old is None or len(old) >= len(vocab):

@@ -244,7 +244,7 @@ def load_raw(ckpt: pathlib.Path, unet, te) -> int:
     """Load a run's ``ckpt.pt`` raw (not EMA) weights into ``unet`` and ``te``; returns its step."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     unet.load_state_dict(ck["unet"])
-    model.load_text_encoder_state(te, ck["te"], model.build_tokenizer())  # (grows a pre-slot-letter vocabulary)
+    model.load_text_encoder_state(te, ck["te"])  # (grows a pre-slot-letter vocabulary)
     return ck["step"]
 
 
@@ -256,7 +256,7 @@ def load_from(folder: pathlib.Path, unet, te=None):
     unet.load_state_dict(u.state_dict())
     if te is not None:
         t = T5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
-        model.load_text_encoder_state(te, t.state_dict(), model.build_tokenizer())
+        model.load_text_encoder_state(te, t.state_dict())
 
 
 # ------------------------------------------------------------------------------------------------- main
