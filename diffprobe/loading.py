@@ -83,15 +83,30 @@ def _zoo_model(name: str, need_weights: bool = True) -> tuple[Path, dict, Any]:
     return path, defaults, check
 
 
-def _glyph_mmdit_snapshot(path: Path) -> bool:
-    """Whether ``path`` is a pipeline folder written by glyph-mmdit's trainer (a run's ``pipeline/`` or a
-    ``--snapshot``): its ``train_state.json`` records the transformer config the trainer builds. Such a folder
-    needs the shipped model's generation defaults (32x128 pixels, one T5 token) as much as the shipped one does."""
+def _snapshot_defaults(path: Path) -> tuple[dict, Any] | None:
+    """(generation defaults, prompt check) of a pipeline folder written by one of diffprobe's spelling trainers (a
+    run's ``pipeline/`` or a ``--snapshot``), or None for any other folder. Its ``train_state.json`` records what
+    the trainer built: glyph-mmdit's transformer config (the shipped model's defaults: 32x128 pixels, one T5
+    token), or spell's UNet config with the image size it trains at (``training/spell``: an IF pipeline, whose
+    own default would be a square image)."""
     try:
         state = json.loads((path / "train_state.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "transformer_config" in (state.get("recipe") or {})
+        return None
+    recipe = state.get("recipe") if isinstance(state, dict) else None
+    if not isinstance(recipe, dict):
+        return None
+    if "transformer_config" in recipe:
+        _, defaults, check = _zoo_model("glyph-mmdit", need_weights=False)
+        return defaults, check
+    if "unet_config" in recipe and {"height", "width"} <= recipe.keys():
+        from functools import partial
+
+        from .zoo import glyph_mmdit, spell_data
+
+        defaults = {"height": int(recipe["height"]), "width": int(recipe["width"]), "guidance": glyph_mmdit.GUIDANCE}
+        return defaults, partial(spell_data.check_word_prompt, name="spell")
+    return None
 
 
 OFFLOADS = ("model", "sequential")
@@ -347,8 +362,8 @@ def _load(model: Any, device: Any, dtype: Any, offload: str | None, lora: Any = 
             raise ModelLoadError(f"{text!r} is not a model name; pass a hub id, a folder, {DEFAULT_MODEL!r} or a :meta name.")
         path = Path(model).expanduser()
         if path.is_dir():
-            if _glyph_mmdit_snapshot(path):  # a training snapshot of glyph-mmdit: the shipped model's defaults
-                _, defaults, check = _zoo_model("glyph-mmdit", need_weights=False)
+            if (known := _snapshot_defaults(path)) is not None:  # a spelling trainer's snapshot
+                defaults, check = known
                 probe = Probe.from_nnsight(_load_local(path, placement), name=text, defaults=defaults)
                 probe.prompt_check = check
                 return probe

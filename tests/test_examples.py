@@ -23,18 +23,23 @@ def test_example_runs(script, tmp_path):
         assert "pixels changed by the edit" in done.stdout
 
 
-def test_mmdit_localization_runs_on_the_shipped_weights_and_ranks_the_count_by_moved_target(tmp_path):
-    """The SD3 study of docs/science.md, one pair, no t_s sweep (about a minute on one thread)."""
+@pytest.mark.parametrize("model, kind, n_sites", [("glyph-mmdit", "joint", 8),
+                                                  (str(EXAMPLES.parent / "training/spell/checkpoint"), "cross", 12)])
+def test_open_vocab_localization_runs_on_both_spelling_models_and_ranks_the_count_by_moved_target(
+        tmp_path, model, kind, n_sites):
+    """The SD3 study of docs/science.md (Patch per joint block) and the UNet one on spell's snapshot (Inject per
+    cross-attention layer), one pair, no t_s sweep (about a minute each on one thread)."""
     import xarray as xr
 
     summary = tmp_path / "summary.md"
-    args = [sys.executable, str(EXAMPLES / "mmdit_localization.py"), "--pairs", "1", "--ts-sites", "0", "--t-starts", "",
-            "--rank-by", "moved", "--out", str(tmp_path / "out"), "--summary", str(summary)]
+    args = [sys.executable, str(EXAMPLES / "open_vocab_localization.py"), "--pairs", "1", "--ts-sites", "0",
+            "--t-starts", "", "--rank-by", "moved", "--out", str(tmp_path / "out"), "--summary", str(summary),
+            "--model", model, "--max-letters", "3", "--font", "mono"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=EXAMPLES,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     text = summary.read_text()
-    assert "### Layer sweep" in text and text.count("| joint:") >= 8 and (tmp_path / "out" / "report.html").exists()
+    assert "### Layer sweep" in text and text.count(f"| {kind}:") >= n_sites and (tmp_path / "out" / "report.html").exists()
     with xr.open_dataset(tmp_path / "out" / "layers" / "results.nc", engine="h5netcdf") as ds:
         moved = ds.moved_target.isel(pair=0, t_start=0, seed=0)
         assert moved.ndim == 1  # one value a site

@@ -239,6 +239,23 @@ def test_a_training_snapshot_loaded_by_path_gets_the_shipped_models_defaults_and
     assert dp.load(str(tmp_path / "pipeline")).defaults == {}
 
 
+def test_a_spell_snapshot_loaded_by_path_generates_at_its_trained_size_and_checks_its_words(tmp_path):
+    """spell's snapshot is an IF pipeline (whose own default is a square image): loaded by path it gets the
+    32x128 pixels it was trained at, guidance 4 and the word check; without train_state.json nothing is guessed."""
+    import shutil
+
+    import diffprobe as dp
+
+    probe = dp.load(str(SPELL_CHECKPOINT))
+    assert probe.defaults == {"height": 32, "width": 128, "guidance": 4.0}
+    assert probe.generate(spell_data.prompt(0, "CAT", "mono"), steps=1).images.shape[1:3] == (32, 128)
+    with pytest.raises(dp.InterventionError, match='spell writes words of 1-8 letters.*cannot write .3'):
+        probe.generate('a red sign that says "B3"', steps=1)
+    shutil.copytree(SPELL_CHECKPOINT, tmp_path / "pipeline")
+    (tmp_path / "pipeline" / "train_state.json").unlink()
+    assert dp.load(str(tmp_path / "pipeline")).defaults == {}
+
+
 @needs_weights
 def test_identity_patch_of_a_joint_block_changes_nothing_and_a_real_one_does():
     """Patch(source=the row's own prompt) at joint:4 leaves the image as it was (up to the rounding of batched

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -89,6 +90,18 @@ def prompt(template: int | str, word: str, font: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- words
+def check_word_prompt(text: str, name: str) -> str | None:
+    """What is wrong with the prompt ``text`` for the spelling model ``name`` (None when nothing): the quoted word
+    must be 1-8 letters A-Z (lower case is fine); its tokenizer would silently drop anything else."""
+    for word in re.findall(r'"([^"]*)"', text):
+        bad = sorted({c for c in word.upper() if not ("A" <= c <= "Z")})
+        if bad or not 1 <= len(word) <= MAX_LETTERS:
+            why = f"it cannot write {''.join(bad)!r}" if bad else f"{len(word)} letters"
+            return (f'{text!r}: {name} writes words of 1-{MAX_LETTERS} letters A-Z in quotes; '
+                    f'"{word}" is not one ({why}). Try e.g. {prompt(0, "HELLO")!r}.')
+    return None
+
+
 def is_held_out_word(word: str) -> bool:
     return zlib.crc32(word.upper().encode()) % 20 == 7
 

@@ -10,7 +10,6 @@ with diffusers: ``DiffusionPipeline.from_pretrained(default_model_path())`` and
 from __future__ import annotations
 
 import pathlib
-import re
 
 from .. import spell_data
 
@@ -24,13 +23,7 @@ GUIDANCE = 4.0
 def check_prompt(prompt: str) -> str | None:
     """What is wrong with ``prompt`` for this model (None when nothing): the quoted word must be 1-8 letters A-Z
     (lower case is fine); the tokenizer would silently drop anything else."""
-    for word in re.findall(r'"([^"]*)"', prompt):
-        bad = sorted({c for c in word.upper() if not ("A" <= c <= "Z")})
-        if bad or not 1 <= len(word) <= spell_data.MAX_LETTERS:
-            why = f"it cannot write {''.join(bad)!r}" if bad else f"{len(word)} letters"
-            return (f'{prompt!r}: {NAME} writes words of 1-{spell_data.MAX_LETTERS} letters A-Z in quotes; '
-                    f'"{word}" is not one ({why}). Try e.g. {spell_data.prompt(0, "HELLO")!r}.')
-    return None
+    return spell_data.check_word_prompt(prompt, NAME)
 
 
 def default_model_path() -> pathlib.Path:

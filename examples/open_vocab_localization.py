@@ -1,17 +1,22 @@
-"""The paper's SD3 experiment on the embedded joint-attention model `glyph-mmdit`; writes a markdown summary.
+"""The paper's localization study on the embedded models that spell any word: the SD3 experiment on the
+joint-attention model `glyph-mmdit`, and the UNet study of docs/science.md on `spell`'s snapshots (the open
+vocabulary of issue 14); writes a markdown summary.
 
-    python examples/mmdit_localization.py [--pairs 16] [--t-starts 5,10,15] [--ts-sites 2] [--out runs/mmdit_science]
-        [--summary out.md] [--model training/mmdit/checkpoint --max-letters 3 --font mono]
+    python examples/open_vocab_localization.py [--pairs 16] [--t-starts 5,10,15] [--ts-sites 2]
+        [--out runs/mmdit_science] [--summary out.md] [--model training/mmdit/checkpoint --max-letters 3 --font mono]
+    python examples/open_vocab_localization.py --model training/spell/checkpoint --max-letters 3 --font mono ...
 
-1. Layer sweep: ``Patch`` one joint-attention block at a time (its K/V, image and text streams alike, taken
-   from the target prompt's run in the same batch) from step 0 of 25, for N source/target pairs of words the
-   model never saw in training (``spell_pairs(N, seed=1)``: same template, another held-out word; with
-   ``--max-letters``/``--font``, held-out words of 3 to that many letters in that face: what a curriculum
-   snapshot such as ``training/mmdit/checkpoint`` writes).
+1. Layer sweep, from step 0 of 25, for N source/target pairs of words the model never saw in training
+   (``spell_pairs(N, seed=1)``: same template, another held-out word; with ``--max-letters``/``--font``,
+   held-out words of 3 to that many letters in that face: what a curriculum snapshot such as
+   ``training/mmdit/checkpoint`` writes). A joint-attention model: ``Patch`` one joint block at a time (its K/V,
+   image and text streams alike, from the target prompt's run in the same batch); a UNet: ``Inject`` the target
+   prompt's text K/V into one cross-attention site at a time (as docs/science.md on `glyph`).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
-3. Layer-count trade-off: the top 1, 2, 3, 5 and all blocks together.
-Scores as docs/science.md, plus "moved to target" from the pixels alone (diffprobe's ``moved_target``): OCR F1 / exact / right length to the target, F1 to the source, SSIM to the unpatched
-source image, with 95% intervals over pairs. Resumable: rerun the same command after an interruption.
+3. Layer-count trade-off: the top 1, 2, 3, 5 and all sites together.
+Scores as docs/science.md, plus "moved to target" from the pixels alone (diffprobe's ``moved_target``): OCR F1 /
+exact / right length to the target, F1 to the source, SSIM to the unpatched source image, with 95% intervals
+over pairs. Resumable: rerun the same command after an interruption.
 """
 from __future__ import annotations
 
@@ -52,11 +57,14 @@ def main() -> None:
     args = ap.parse_args()
 
     folder = glyph_mmdit.default_model_path() if args.model == "glyph-mmdit" else Path(args.model)
-    weights = sorted((folder / "transformer").glob("*.safetensors"))[0]
+    denoiser = "transformer" if (folder / "transformer").is_dir() else "unet"
+    weights = sorted((folder / denoiser).glob("*.safetensors"))[0]
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     probe = dp.load(args.model)
+    joint = "joint" in probe.sites.kinds
+    intervention, sites = ("patch", "joint:all") if joint else ("inject", "cross:all")
     pairs = tuple(spell_pairs(args.pairs, seed=1, max_letters=args.max_letters, font=args.font))
-    spec = Experiment(model=args.model, pairs=pairs, intervention="patch", sites="joint:all", t_starts=(0,),
+    spec = Experiment(model=args.model, pairs=pairs, intervention=intervention, sites=sites, t_starts=(0,),
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
     count_spec = count_follow_up(spec, ds, "moved_target" if args.rank_by == "moved" else "ocr_f1_target")
@@ -70,12 +78,14 @@ def main() -> None:
     if args.ts_sites and t_starts:
         ts_spec = spec.replace(sites=ranked[:args.ts_sites], t_starts=t_starts)
         dt = run(ts_spec, probe=probe, store=args.out / ("timesteps" + suffix), progress=lambda d, n: print(f"t_s {d}/{n}", flush=True))
-    report = ds.dp.report(args.out / "report.html", counts=dc, title="glyph-mmdit: which joint-attention blocks write the text?")
+    where = "joint-attention blocks" if joint else "cross-attention layers"
+    report = ds.dp.report(args.out / "report.html", counts=dc, title=f"{args.model}: which {where} write the text?")
 
     ci = summaries(ds)
-    lines = [f"Model `{args.model}` (transformer weights sha256 {digest}), {len(pairs)} pairs of held-out words"
-             + (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "") + ", "
-             f"`Patch` (K/V from the target prompt's run), 25 steps, seed 0, guidance {glyph_mmdit.GUIDANCE}.", ""]
+    how = "`Patch` (K/V from the target prompt's run)" if joint else "`Inject` (the target prompt's text K/V)"
+    lines = [f"Model `{args.model}` ({denoiser} weights sha256 {digest}), {len(pairs)} pairs of held-out words"
+             + (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "")
+             + f", {how}, 25 steps, seed 0, guidance {probe.defaults.get('guidance', 'the pipeline default')}.", ""]
     lines += [f"Unpatched source images: OCR F1 to source {baseline(ds, 'source', 'ocr_f1_source'):.2f}, "
               f"to target {baseline(ds, 'source', 'ocr_f1_target'):.2f}; unpatched target images: OCR F1 to target "
               f"{baseline(ds, 'target', 'ocr_f1_target'):.2f} (paper set F1 {baseline_paper_f1(ds):.2f}), exact "
