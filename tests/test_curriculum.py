@@ -13,6 +13,16 @@ from diffprobe.errors import SpecError
 from training import curriculum
 
 
+def width(args: str) -> int:
+    """The curriculum stage (0-3) a plan entry trains: a stage's own arguments, or those with more (a ramp);
+    stage 4 (the full data) names no font and no word length."""
+    for i in (0, 1, 2):  # stages 1 and 2 begin with stage 3's "--fonts mono": the narrower first
+        if args == curriculum.STAGES[i] or args.startswith(curriculum.STAGES[i] + " "):
+            return i
+    assert "--fonts" not in args and "--max-letters" not in args, args
+    return 3
+
+
 def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("mmdit", 0) == (0, 13500, curriculum.STAGES[0])
     assert curriculum.stage("mmdit", 13499)[0] == 0
@@ -29,17 +39,18 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 17000) == (8, 17300, curriculum.WORDS_RED_SIGN)  # slot-letter tokens from here
     assert curriculum.stage("spell", 17300) == (9, 17700, curriculum.STILL_WORDS)
     assert curriculum.stage("spell", 17700) == (10, 18400, curriculum.HALF_JITTER_WORDS)
-    assert curriculum.stage("spell", 18400) == (11, 18700, curriculum.LONG_RED_SIGN)  # the snapshot's step
+    assert curriculum.stage("spell", 18400) == (11, 18700, curriculum.LONG_RED_SIGN)
     assert curriculum.stage("spell", 18700) == (12, 19100, curriculum.STILL_LONG)
-    assert curriculum.stage("spell", 19100) == (13, 20700, curriculum.HALF_JITTER_LONG)
-    assert curriculum.stage("spell", 20700) == (14, 27584, curriculum.STAGES[2])
+    assert curriculum.stage("spell", 19100) == (13, 19700, curriculum.HALF_JITTER_LONG)  # the snapshot's step
+    assert curriculum.stage("spell", 19700) == (14, 20000, curriculum.FACES_RED_SIGN)
+    assert curriculum.stage("spell", 20000) == (15, 20400, curriculum.STILL_FACES)
+    assert curriculum.stage("spell", 20400) == (16, None, curriculum.HALF_JITTER_FACES)
+    assert "--jitter-frac 0.5" in curriculum.HALF_JITTER_FACES and "--fonts" not in curriculum.HALF_JITTER_FACES
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
         assert ends[-1] is None and ends[:-1] == sorted(ends[:-1]), model
-        full = [a for _, a in plan if a in curriculum.STAGES]
-        assert full[-3:] == list(curriculum.STAGES[1:]) and plan[-1][1] == curriculum.STAGES[3], model
-        ramps = tuple(f"{stage} " for stage in curriculum.STAGES[:3])  # a stage's arguments, and more
-        assert all(a in curriculum.STAGES or a.startswith(ramps) for _, a in plan), model
+        widths = [width(a) for _, a in plan]  # which of the 4 stages each is (its arguments, or those and more)
+        assert widths == sorted(widths) and set(widths) == {0, 1, 2, 3}, model  # each in turn, never back
     with pytest.raises(SpecError, match="past the last stage"):
         curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
 

@@ -7,9 +7,9 @@ model's training in whatever stage its step count is, across sessions and machin
     python -m training.curriculum spell --stage-of 9400    # the index of the stage a step is in: 2
 
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
-strings) -> all lengths in mono -> all three faces; spell first has single letters on one unjittered template,
-then on all of them unjittered, then with half of them jittered (docs/model-card-spell.md, twelfth and thirteenth
-sessions). Each stage ends at a fixed step (``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's
+strings) -> all lengths in mono -> all three faces; spell goes into each through a ramp (one unjittered template,
+then all of them unjittered, then half of them jittered: docs/model-card-spell.md, twelfth to twentieth
+sessions) and never trains on the fully jittered data, which erased what each narrower stage had taught. Each stage ends at a fixed step (``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's
 are set from them). Until ``--minutes`` are spent, it runs the model's trainer (``training.<model>.train``) in
 the stage of the current step with ``--until`` that stage's end, then the next stage; from ``OUT/ckpt.pt`` when
 there (``--resume``: bit for bit), else warm-started from the committed snapshot (``--init-from``: step count and
@@ -54,6 +54,12 @@ HALF_JITTER_WORDS = STAGES[1] + " --jitter-frac 0.5"
 LONG_RED_SIGN = STAGES[2] + " --templates 0 --no-jitter"
 STILL_LONG = STAGES[2] + " --no-jitter"
 HALF_JITTER_LONG = STAGES[2] + " --jitter-frac 0.5"
+#: stage 4's ramp, the same three steps for the three faces (twentieth session: words of all lengths went from
+#: slots 4-8 at chance to held-out OCR exact 1.00 in mono in 700 steps of stage 3's ramp); it ends half jittered:
+#: full jitter took the words away twice (eighteenth and nineteenth sessions), and half of every batch is jittered
+FACES_RED_SIGN = STAGES[3] + " --templates 0 --no-jitter"
+STILL_FACES = STAGES[3] + " --no-jitter"
+HALF_JITTER_FACES = STAGES[3] + " --jitter-frac 0.5"
 #: per model, its stages as (the step at which it ends or None: never, its trainer arguments)
 PLANS = {
     "mmdit": ((13500, STAGES[0]), (20400, STAGES[1]), (27284, STAGES[2]), (None, STAGES[3])),  # as its run went
@@ -65,13 +71,14 @@ PLANS = {
     # letters from 0.35 to 0.22 a slot on the red sign in 400 steps); in the nineteenth, at step 17000, the
     # slot-letter tokens (training/spell/model.py) and the word ramp once more, shortened (3-letter words read 0.94
     # exact at 17700 and 18400); full jitter then took them to 0.75 in 400 steps (18800, discarded), so stage 2
-    # ends at the half-jittered 18400 and stage 3 follows through the same ramp; its full stage and stage 4 keep
-    # glyph-mmdit's lengths
+    # ends at the half-jittered 18400 and stage 3 follows through the same ramp; in the twentieth, words of all
+    # lengths read 1.00 exact in mono at 19100 (the red sign had all 8 slots at 1.00 from 18800): stage 3 ends
+    # half jittered at 19700 and stage 4 (the three faces) follows through the same ramp, ending half jittered
     "spell": ((8000, FIRST_LETTERS), (8600, STILL_LETTERS), (10000, HALF_JITTER), (12800, STAGES[0]),
               (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (17000, HALF_JITTER_WORDS),
               (17300, WORDS_RED_SIGN), (17700, STILL_WORDS), (18400, HALF_JITTER_WORDS),
-              (18700, LONG_RED_SIGN), (19100, STILL_LONG), (20700, HALF_JITTER_LONG), (27584, STAGES[2]),
-              (None, STAGES[3])),
+              (18700, LONG_RED_SIGN), (19100, STILL_LONG), (19700, HALF_JITTER_LONG),
+              (20000, FACES_RED_SIGN), (20400, STILL_FACES), (None, HALF_JITTER_FACES)),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit

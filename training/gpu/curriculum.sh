@@ -6,8 +6,8 @@
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
 #                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
-#                 (raw step 18400: words of <= 3 letters on every mono template, half jittered, slot-letter
-#                 tokens; from stage 12/16 on: words of all lengths, red sign first).
+#                 (raw step 19100: words of 1-8 letters on every mono template, unjittered, slot-letter
+#                 tokens; from stage 14/17 on: half jittered, then the three faces, red sign first).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
 # up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
@@ -44,8 +44,8 @@ case "$MODEL" in
     START=(--init-from "$FROM")
     # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain,
     # then the same ramp (red sign, all unjittered, half jittered), again from step 17000 with the slot-letter
-    # tokens; all lengths through the same ramp, then all jittered; all faces
-    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.04 0.06 0.1 0.2 0.2" ;;
+    # tokens; all lengths through the same ramp; all faces through it, ending half jittered (never fully)
+    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.04 0.06 0.1 0.05 0.1 0.4" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 FIRST=0
