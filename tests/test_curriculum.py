@@ -41,9 +41,9 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 17700) == (10, 18400, curriculum.HALF_JITTER_WORDS)
     assert curriculum.stage("spell", 18400) == (11, 18700, curriculum.LONG_RED_SIGN)
     assert curriculum.stage("spell", 18700) == (12, 19100, curriculum.STILL_LONG)
-    assert curriculum.stage("spell", 19100) == (13, 19700, curriculum.HALF_JITTER_LONG)  # the snapshot's step
+    assert curriculum.stage("spell", 19100) == (13, 19700, curriculum.HALF_JITTER_LONG)
     assert curriculum.stage("spell", 19700) == (14, 20000, curriculum.FACES_RED_SIGN)
-    assert curriculum.stage("spell", 20000) == (15, 20400, curriculum.STILL_FACES)
+    assert curriculum.stage("spell", 20000) == (15, 20400, curriculum.STILL_FACES)  # the snapshot's step
     assert curriculum.stage("spell", 20400) == (16, None, curriculum.HALF_JITTER_FACES)
     assert "--jitter-frac 0.5" in curriculum.HALF_JITTER_FACES and "--fonts" not in curriculum.HALF_JITTER_FACES
     for model, plan in curriculum.PLANS.items():

@@ -6,8 +6,8 @@
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
 #                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
-#                 (raw step 19100: words of 1-8 letters on every mono template, unjittered, slot-letter
-#                 tokens; from stage 14/17 on: half jittered, then the three faces, red sign first).
+#                 (raw step 20300: words of 1-8 letters in mono, slot-letter tokens, the three faces on
+#                 every template unjittered; from stage 16/17 on: then half of them jittered).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
 # up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
