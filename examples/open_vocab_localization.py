@@ -83,9 +83,10 @@ def main() -> None:
 
     ci = summaries(ds)
     how = "`Patch` (K/V from the target prompt's run)" if joint else "`Inject` (the target prompt's text K/V)"
-    lines = [f"Model `{args.model}` ({denoiser} weights sha256 {digest}), {len(pairs)} pairs of held-out words"
-             + (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "")
-             + f", {how}, 25 steps, seed 0, guidance {probe.defaults.get('guidance', 'the pipeline default')}.", ""]
+    words = (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "")
+    guidance = probe.defaults.get("guidance", "the pipeline default")
+    lines = [f"Model `{args.model}` ({denoiser} weights sha256 {digest}), {len(pairs)} pairs of held-out words{words}, "
+             f"{how}, 25 steps, seed 0, guidance {guidance}.", ""]
     lines += [f"Unpatched source images: OCR F1 to source {baseline(ds, 'source', 'ocr_f1_source'):.2f}, "
               f"to target {baseline(ds, 'source', 'ocr_f1_target'):.2f}; unpatched target images: OCR F1 to target "
               f"{baseline(ds, 'target', 'ocr_f1_target'):.2f} (paper set F1 {baseline_paper_f1(ds):.2f}), exact "

@@ -9,8 +9,9 @@ model's training in whatever stage its step count is, across sessions and machin
 The stages (docs/model-card-mmdit.md): single letters in mono -> words of at most 3 letters in mono (half random
 strings) -> all lengths in mono -> all three faces; spell goes into each through a ramp (one unjittered template,
 then all of them unjittered, then half of them jittered: docs/model-card-spell.md, twelfth to twentieth
-sessions) and never trains on the fully jittered data, which erased what each narrower stage had taught. Each stage ends at a fixed step (``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's
-are set from them). Until ``--minutes`` are spent, it runs the model's trainer (``training.<model>.train``) in
+sessions) and never trains on the fully jittered data, which erased what each narrower stage had taught. Each
+stage ends at a fixed step (``PLANS``; glyph-mmdit's are the steps where its run moved on, spell's are set from
+them). Until ``--minutes`` are spent, it runs the model's trainer (``training.<model>.train``) in
 the stage of the current step with ``--until`` that stage's end, then the next stage; from ``OUT/ckpt.pt`` when
 there (``--resume``: bit for bit), else warm-started from the committed snapshot (``--init-from``: step count and
 data stream continue, AdamW restarts). TRAINER ARGS come last, so they override a stage's (``--fonts``, ...) but
