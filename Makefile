@@ -57,7 +57,7 @@ train-glyph: install
 # (docs/model-card-mmdit.md): training/curriculum.py trains in the curriculum stage of the run's step (single
 # letters in mono -> <= 3 letters -> all lengths in mono -> all faces), for the given minutes. It continues the
 # run bit for bit when its full checkpoint is there; on a new machine it warm-starts from the committed snapshot
-# (weights and step count; AdamW restarts). Then the run is snapshotted: spell into training/spell/checkpoint;
+# (weights and step count; AdamW restarts). Then the run is snapshotted: spell into diffprobe/zoo/spell/weights;
 # glyph-mmdit into training/mmdit/checkpoint (MMDIT_SHIP=no) or into the shipped weights (MMDIT_SHIP=yes).
 # On a GPU: SPELL_ARGS="--device cuda". On a CPU the trainer autocasts to bf16 only where the CPU has AMX (2x
 # faster than fp32 there; ~30x slower on AVX2-only CPUs); --no-bf16 forces fp32.
@@ -68,7 +68,7 @@ SPELL_ARGS ?= --threads 2
 SPELL_RUN ?= runs/spell
 train-spell: install
 	$(PY) -m training.curriculum spell --out $(SPELL_RUN) --minutes $(SPELL_MINUTES) $(SPELL_ARGS)
-	$(PY) -m training.spell.train --snapshot $(SPELL_RUN) --raw-snapshot --to training/spell/checkpoint
+	$(PY) -m training.spell.train --snapshot $(SPELL_RUN) --raw-snapshot --to diffprobe/zoo/spell/weights
 
 MMDIT_MINUTES ?= 60
 MMDIT_ARGS ?=

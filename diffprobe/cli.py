@@ -131,7 +131,7 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 @app.command()
 @_guard
 def layers(
-    model: str = typer.Argument("glyph", help="Hub id, local pipeline folder, 'glyph', 'glyph-mmdit', or '<name>:meta' (e.g. sdxl-base-1.0:meta)."),
+    model: str = typer.Argument("glyph", help="Hub id, local pipeline folder, 'glyph', 'spell', 'glyph-mmdit', or '<name>:meta' (e.g. sdxl-base-1.0:meta)."),
     kind: Optional[str] = typer.Option(None, help="Only sites of this kind: self, cross, joint, single."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON objects instead of a table."),
 ):
@@ -159,7 +159,7 @@ def layers(
 @app.command()
 @_guard
 def count(
-    model: str = typer.Argument(..., help="Hub id, local folder, 'glyph', 'glyph-mmdit' or '<name>:meta'."),
+    model: str = typer.Argument(..., help="Hub id, local folder, 'glyph', 'spell', 'glyph-mmdit' or '<name>:meta'."),
     sites: str = typer.Option("cross:all", "--sites", help="Site spec, e.g. cross:55-57, joint:10, 'up_blocks.0.*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
@@ -194,7 +194,7 @@ def _pairs(pairs_file: Optional[Path], bench: Optional[str], n: int, seed: int, 
 
     if pairs_file is not None:
         return benchmod.read_jsonl(pairs_file)
-    bench = bench or {"glyph": "glyph", "glyph-mmdit": "spell"}.get(model, "simple")
+    bench = bench or {"glyph": "glyph", "spell": "spell", "glyph-mmdit": "spell"}.get(model, "simple")
     if bench == "glyph":
         from .glyph_bench import glyph_pairs
 
@@ -234,7 +234,7 @@ def sweep(
         None, help='inject | patch | ablate | scale (default inject), or a JSON template such as '
         '\'{"kind": "ablate", "mode": "empty"}\' or \'{"kind": "scale", "factor": 0}\'.'),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs."),
-    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (held-out words for glyph-mmdit)."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (held-out words for spell and glyph-mmdit)."),
     n: int = typer.Option(8, "--n", help="Number of pairs from --bench."),
     pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default 25)."),
@@ -637,7 +637,7 @@ def demo(
 def localize(
     model: str = typer.Option("glyph", help="Model (default: the embedded 'glyph' model)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL file of prompt pairs; the last --held-out are held out."),
-    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (default: glyph for glyph, spell for glyph-mmdit)."),
+    bench: Optional[str] = typer.Option(None, help="Built-in pairs: simple, creative, glyph, spell (default: glyph for glyph, spell for spell and glyph-mmdit)."),
     n: int = typer.Option(8, "--n", help="Sweep pairs drawn from --bench (plus --held-out more)."),
     held_out: int = typer.Option(4, "--held-out", help="Pairs kept for the confirmation only."),
     pair_seed: int = typer.Option(0, "--pair-seed", help="Seed for drawing --bench pairs."),

@@ -16,10 +16,10 @@ def glyph_pairs(n: int, seed: int = 0) -> list[PromptPair]:
 
 
 def spell_pairs(n: int, seed: int = 0, max_letters: int | None = None, font: str | None = None) -> list[PromptPair]:
-    """``n`` pairs for the open-vocabulary model ``glyph-mmdit``: one of its templates, two different words from
-    the HELD-OUT list (words the model never saw in training), no font asked for. ``max_letters``: words of 3 to
-    that many letters only (a curriculum stage's words); ``font``: ask for that face, on the templates it is
-    trained with (never a held-out template x font combination)."""
+    """``n`` pairs for the open-vocabulary models (``spell``, ``glyph-mmdit``): one of their templates, two different
+    words from the HELD-OUT list (words the model never saw in training), no font asked for. ``max_letters``: words
+    of 3 to that many letters only (a curriculum stage's words); ``font``: ask for that face, on the templates it
+    is trained with (never a held-out template x font combination)."""
     from .zoo import spell_data
 
     words = spell_data.eval_heldout(max_letters or spell_data.MAX_LETTERS)

@@ -6,8 +6,8 @@
   (so ``HF_HUB_OFFLINE=1`` works), downloaded by diffusers only when online and not cached;
 - an already built ``DiffusionPipeline`` object (also the way to use a pipeline with custom code);
 - ``"<name>:meta"``: a weightless full-size denoiser from a bundled config (catalogue and counting);
-- ``"glyph"``: the embedded model diffprobe ships (a UNet), and ``"glyph-mmdit"``, its joint-attention
-  (SD3-family) sibling that writes any word of 1-8 letters.
+- ``"glyph"``: the embedded model diffprobe ships (a UNet), ``"spell"``, its character-aware successor that writes
+  any word of 1-8 letters, and ``"glyph-mmdit"``, their joint-attention (SD3-family) sibling.
 
 A string is a hub id when it is a valid repo id with exactly one slash and does not start with
 ``.``, ``/`` or ``~``; dots are allowed (``black-forest-labs/FLUX.1-dev``). An existing directory
@@ -35,8 +35,8 @@ __all__ = ["load", "DEFAULT_MODEL", "is_hub_id"]
 
 #: Name of the embedded default model (trained and shipped with diffprobe).
 DEFAULT_MODEL = "glyph"
-#: Every model diffprobe ships, by name: the UNet ``glyph`` and its joint-attention sibling ``glyph-mmdit``.
-ZOO_MODELS = (DEFAULT_MODEL, "glyph-mmdit")
+#: Every model diffprobe ships, by name: the UNets ``glyph`` and ``spell`` and the joint-attention ``glyph-mmdit``.
+ZOO_MODELS = (DEFAULT_MODEL, "spell", "glyph-mmdit")
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _CONVERT = (
@@ -63,18 +63,20 @@ def is_hub_id(text: str) -> bool:
 
 
 def _zoo_model(name: str, need_weights: bool = True) -> tuple[Path, dict, Any]:
-    """(folder, generation defaults, prompt check or None) of a model diffprobe ships: ``"glyph"`` or
-    ``"glyph-mmdit"``."""
+    """(folder, generation defaults, prompt check or None) of a model diffprobe ships (one of ``ZOO_MODELS``)."""
     if name == DEFAULT_MODEL:
         from .zoo.glyph import HEIGHT, WIDTH, default_model_path
 
         path, defaults, train = Path(default_model_path()), {"height": HEIGHT, "width": WIDTH}, "make train-glyph"
         check = None
     else:
-        from .zoo import glyph_mmdit as z
+        from .zoo import glyph_mmdit, spell
 
-        path, train, check = Path(z.default_model_path()), "make train-mmdit", z.check_prompt
-        defaults = {"height": z.HEIGHT, "width": z.WIDTH, "guidance": z.GUIDANCE, "call": dict(z.CALL)}
+        z, train = (spell, "make train-spell") if name == spell.NAME else (glyph_mmdit, "make train-mmdit")
+        path, check = Path(z.default_model_path()), z.check_prompt
+        defaults = {"height": z.HEIGHT, "width": z.WIDTH, "guidance": z.GUIDANCE}
+        if getattr(z, "CALL", None):  # glyph-mmdit's own pipeline call settings (its T5 length)
+            defaults["call"] = dict(z.CALL)
     if need_weights and not (path / "model_index.json").exists():
         raise ModelLoadError(
             f"The embedded model {name!r}'s weights are missing at {path}. Train them with `{train}` "
@@ -100,12 +102,8 @@ def _snapshot_defaults(path: Path) -> tuple[dict, Any] | None:
         _, defaults, check = _zoo_model("glyph-mmdit", need_weights=False)
         return defaults, check
     if "unet_config" in recipe and {"height", "width"} <= recipe.keys():
-        from functools import partial
-
-        from .zoo import glyph_mmdit, spell_data
-
-        defaults = {"height": int(recipe["height"]), "width": int(recipe["width"]), "guidance": glyph_mmdit.GUIDANCE}
-        return defaults, partial(spell_data.check_word_prompt, name="spell")
+        _, defaults, check = _zoo_model("spell", need_weights=False)
+        return {**defaults, "height": int(recipe["height"]), "width": int(recipe["width"])}, check
     return None
 
 
@@ -306,7 +304,8 @@ def load(model: Any = DEFAULT_MODEL, *, device: Any = "auto", dtype: Any = "auto
         model: a hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``), a local directory written by
             ``save_pretrained``, an already built ``DiffusionPipeline``, ``"<name>:meta"`` for a
             weightless full-size denoiser (catalogue and counting only), ``"glyph"`` (the default)
-            for the embedded model diffprobe ships, or ``"glyph-mmdit"``, its joint-attention sibling.
+            for the embedded model diffprobe ships, ``"spell"``, its successor that writes any word of 1-8
+            letters, or ``"glyph-mmdit"``, their joint-attention sibling.
         device: ``"auto"`` (CUDA, then MPS, then the CPU), or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         dtype: ``"auto"`` (float32 on the CPU; the family's dtype on an accelerator: float16 for SD1.x,
             SDXL, IF and PixArt, bfloat16 for SD3 and FLUX), ``"float32"``, ``"float16"``, ``"bfloat16"``

@@ -57,7 +57,7 @@ class Probe:
         self.adapter = adapter
         self.model = model  # nnsight DiffusionModel, None for meta builds
         self.sites = SiteCatalogue(adapter.sites(denoiser))
-        #: a shipped model's own prompt check (``glyph-mmdit``: the quoted word must be 1-8 letters A-Z):
+        #: a shipped model's own prompt check (``spell``, ``glyph-mmdit``: the quoted word is 1-8 letters A-Z):
         #: a function of one prompt returning what is wrong with it, or None; run before any compute
         self.prompt_check: Callable[[str], str | None] | None = None
 

@@ -164,7 +164,8 @@ class SiteCatalogue(Sequence[Site]):
     def parse(self, spec: str | Sequence[str]) -> "SiteCatalogue":
         """Parse a site specification string into a selection (in catalogue order, no duplicates).
 
-        Grammar: terms separated by whitespace or ``;``; a term is
+        Grammar: terms separated by whitespace, ``;`` or a comma before the next kind (``cross:9,cross:10``); a
+        term is
 
         - ``KIND:all`` -- every site of a kind (``cross:all``);
         - ``KIND:I``, ``KIND:I-J``, ``KIND:I,J-K`` -- indices within a kind (``cross:55-57``);
@@ -174,7 +175,7 @@ class SiteCatalogue(Sequence[Site]):
         """
         terms = [spec] if isinstance(spec, str) else list(spec)
         chosen: set[Site] = set()
-        for term in (t for raw in terms for t in re.split(r"[;\s]+", raw.strip()) if t):
+        for term in (t for raw in terms for t in re.split(r"[;\s]+|,(?=[A-Za-z_]+:)", raw.strip()) if t):
             chosen.update(self._parse_term(term))
         if not chosen:
             raise SiteError(f"The site specification {spec!r} is empty; {self._grammar_hint()}")

@@ -1,10 +1,10 @@
 """The paper's localization study on the embedded models that spell any word: the SD3 experiment on the
-joint-attention model `glyph-mmdit`, and the UNet study of docs/science.md on `spell`'s snapshots (the open
-vocabulary of issue 14); writes a markdown summary.
+joint-attention model `glyph-mmdit`, and the UNet study of docs/science.md on `spell` (the open vocabulary of
+issue 14); writes a markdown summary.
 
     python examples/open_vocab_localization.py [--pairs 16] [--t-starts 5,10,15] [--ts-sites 2]
         [--out runs/mmdit_science] [--summary out.md] [--model training/mmdit/checkpoint --max-letters 3 --font mono]
-    python examples/open_vocab_localization.py --model training/spell/checkpoint --max-letters 3 --font mono ...
+    python examples/open_vocab_localization.py --model spell [--font mono] ...
 
 1. Layer sweep, from step 0 of 25, for N source/target pairs of words the model never saw in training
    (``spell_pairs(N, seed=1)``: same template, another held-out word; with ``--max-letters``/``--font``,
@@ -30,7 +30,7 @@ import diffprobe as dp
 from diffprobe.experiments import Experiment, count_follow_up, run
 from diffprobe.glyph_bench import spell_pairs
 from diffprobe.results import share_baselines
-from diffprobe.zoo import glyph_mmdit
+from diffprobe.zoo import glyph_mmdit, spell
 from glyph_localization import HEAD, NAMES, baseline, baseline_paper_f1, count_table, fmt, misreads, summaries, ts_table
 
 
@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/mmdit_science"))
     ap.add_argument("--summary", type=Path, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--model", default="glyph-mmdit", help="the shipped model, or a trainer snapshot's folder")
+    ap.add_argument("--model", default="glyph-mmdit",
+                    help="a shipped model (glyph-mmdit, spell), or a trainer snapshot's folder")
     ap.add_argument("--max-letters", type=int, default=None, help="held-out words of 3 to this many letters only")
     ap.add_argument("--font", default=None, help="ask for this face (mono, sans, serif)")
     ap.add_argument("--rank-by", choices=("f1", "moved"), default="f1",
@@ -56,7 +57,8 @@ def main() -> None:
                          "(pixels; robust where OCR reads little)")
     args = ap.parse_args()
 
-    folder = glyph_mmdit.default_model_path() if args.model == "glyph-mmdit" else Path(args.model)
+    shipped = {glyph_mmdit.NAME: glyph_mmdit.default_model_path(), spell.NAME: spell.default_model_path()}
+    folder = shipped.get(args.model, Path(args.model))
     denoiser = "transformer" if (folder / "transformer").is_dir() else "unet"
     weights = sorted((folder / denoiser).glob("*.safetensors"))[0]
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]

@@ -23,11 +23,10 @@ def test_example_runs(script, tmp_path):
         assert "pixels changed by the edit" in done.stdout
 
 
-@pytest.mark.parametrize("model, kind, n_sites", [("glyph-mmdit", "joint", 8),
-                                                  (str(EXAMPLES.parent / "training/spell/checkpoint"), "cross", 12)])
+@pytest.mark.parametrize("model, kind, n_sites", [("glyph-mmdit", "joint", 8), ("spell", "cross", 12)])
 def test_open_vocab_localization_runs_on_both_spelling_models_and_ranks_the_count_by_moved_target(
         tmp_path, model, kind, n_sites):
-    """The SD3 study of docs/science.md (Patch per joint block) and the UNet one on spell's snapshot (Inject per
+    """The SD3 study of docs/science.md (Patch per joint block) and the UNet one on spell (Inject per
     cross-attention layer), one pair, no t_s sweep (about a minute each on one thread)."""
     import xarray as xr
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from diffprobe.errors import SpecError
-from diffprobe.zoo import glyph_mmdit, spell_data
+from diffprobe.zoo import glyph_mmdit, spell, spell_data
 
 WEIGHTS = glyph_mmdit.default_model_path()
 HAVE_WEIGHTS = (WEIGHTS / "model_index.json").exists()
-SPELL_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "training" / "spell" / "checkpoint"
+SPELL_CHECKPOINT = spell.default_model_path()
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"glyph-mmdit weights absent at {WEIGHTS} (make train-mmdit)")
 
 

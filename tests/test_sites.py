@@ -158,6 +158,7 @@ def test_slicing_and_lookup(sdxl):
         ("cross:7", [7]),
         ("cross:57 cross:55", [55, 57]),  # catalogue order, whatever the order written
         ("cross:55-57;cross:56", [55, 56, 57]),  # no duplicates
+        ("cross:57,cross:55-56", [55, 56, 57]),  # a comma before the next kind separates terms too
         ("cross:up_blocks.0.attentions.2.*", list(range(54, 64))),
     ],
 )
@@ -218,7 +219,9 @@ def test_other_selection_errors(sdxl, meta_factory):
         sdxl.parse("down_blocks.9.*")
     # the grammar hint shows this model's own kinds and module names (a joint model is not told to write 'cross:')
     with pytest.raises(SiteError, match=r"'joint:all', 'joint:0-2', 'joint:0,23'.*'transformer_blocks\.0\.\*'"):
-        meta_factory("sd3-medium").sites.parse("joint:0,joint:7")
+        meta_factory("sd3-medium").sites.parse("joint:0,seven")
+    assert meta_factory("sd3-medium").sites.parse("joint:0,joint:7").names == ["transformer_blocks.0.attn",
+                                                                               "transformer_blocks.7.attn"]
 
 
 def test_site_error_is_a_diffprobe_error_and_a_key_error(sdxl):

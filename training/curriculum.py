@@ -88,7 +88,7 @@ RECIPES = {
     "spell": "--batch 32 --lr 5e-4 --text-lr 3e-4 --steps 200000",
 }
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SNAPSHOTS = {"mmdit": ROOT / "training/mmdit/checkpoint", "spell": ROOT / "training/spell/checkpoint"}
+SNAPSHOTS = {"mmdit": ROOT / "training/mmdit/checkpoint", "spell": ROOT / "diffprobe/zoo/spell/weights"}
 SHIPPED = {"mmdit": ROOT / "diffprobe/zoo/glyph_mmdit/weights"}  # the warm start when no snapshot is there
 
 

@@ -5,7 +5,7 @@
 # spell first: single letters on one unjittered template, then on all, then half of them jittered),
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
-#                 (27284; --reinit-letters keeps their trained letter codes);  (spell): training/spell/checkpoint
+#                 (27284; --reinit-letters keeps their trained letter codes);  (spell): diffprobe/zoo/spell/weights
 #                 (raw step 20300: words of 1-8 letters in mono, slot-letter tokens, the three faces on
 #                 every template unjittered; from stage 16/17 on: then half of them jittered).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
@@ -40,7 +40,7 @@ case "$MODEL" in
     # --text-lr 3e-4: at 1e-3 the text encoder's features collapsed at step ~2100 (docs/model-card-spell.md)
     COMMON+=(--lr "${LR:-5e-4}" --text-lr "${TEXT_LR:-3e-4}")
     [ "$DEVICE" = cuda ] || COMMON+=(--no-bf16)  # bf16 is ~30x slower on CPUs without it
-    FROM=${FROM:-training/spell/checkpoint}
+    FROM=${FROM:-diffprobe/zoo/spell/weights}
     START=(--init-from "$FROM")
     # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain,
     # then the same ramp (red sign, all unjittered, half jittered), again from step 17000 with the slot-letter

@@ -1,6 +1,6 @@
 """Evaluate a spelling pipeline (`spell`'s IFPipeline or `glyph-mmdit`'s SD3 pipeline): generate signs for held-out and training words, read them with diffprobe's OCR.
 
-    python -m training.spell.evaluate [--model training/spell/checkpoint] [--n 16] [--samples 1]
+    python -m training.spell.evaluate [--model diffprobe/zoo/spell/weights] [--n 16] [--samples 1]
         [--steps 25] [--guidance 4] [--font mono] [--max-letters 3] [--out results.json] [--grid grid.png]
     python -m training.spell.evaluate --model runs/spell --raw ...    # a run's ckpt.pt, its raw (not EMA) weights
 
@@ -27,7 +27,7 @@ from diffprobe.errors import SpecError
 from diffprobe.zoo import spell_data as data
 from training.glyph.evaluate import save_grid
 
-DEFAULT_MODEL = pathlib.Path("training/spell/checkpoint")
+DEFAULT_MODEL = pathlib.Path("diffprobe/zoo/spell/weights")
 
 
 def load(model_dir=None, raw: bool = False):

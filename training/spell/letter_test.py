@@ -3,7 +3,7 @@
     python -m training.spell.letter_test [--init FOLDER|RUN/ckpt.pt|scratch] [--layout model|alone]
                                          [--varied | --templates all|T,.. [--jitter]] [--steps 200] [--threads 2]
 
-From a snapshot's weights (default training/spell/checkpoint; a run's ``ckpt.pt``: its raw weights; ``scratch``
+From a snapshot's weights (default diffprobe/zoo/spell/weights; a run's ``ckpt.pt``: its raw weights; ``scratch``
 builds fresh ones; nothing is written back; ``--steps 0`` only measures): one template (the red sign), mono, the
 letters A-Z rendered without jitter, batch 32, the trainer's recipe (v-prediction, cosine schedule, half the
 timesteps from [900, 1000), AdamW lr 5e-4 / text lr 3e-4, grad clip 1, fp32), no EMA, no empty prompts. Every 25
@@ -42,7 +42,7 @@ LAYOUTS = {
     "model": lambda c: data.prompt(0, c, "mono"),
     "alone": lambda c: f'"{c}"',
 }
-DEFAULT_INIT = pathlib.Path(__file__).resolve().parent / "checkpoint"
+DEFAULT_INIT = pathlib.Path(__file__).resolve().parents[2] / "diffprobe" / "zoo" / "spell" / "weights"
 
 
 def build(init: str | pathlib.Path):

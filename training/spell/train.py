@@ -1,8 +1,8 @@
 """Train the spelling model (`spell`) on the CPU.
 
     python -m training.spell.train --out runs/spell [--steps N] [--resume]
-    python -m training.spell.train --out runs/spell --init-from training/spell/checkpoint   # new machine
-    python -m training.spell.train --snapshot runs/spell --to training/spell/checkpoint     # write the snapshot
+    python -m training.spell.train --out runs/spell --init-from diffprobe/zoo/spell/weights   # new machine
+    python -m training.spell.train --snapshot runs/spell --to diffprobe/zoo/spell/weights     # write the snapshot
     python -m training.spell.train --snapshot runs/spell --raw-snapshot     # ... of the raw weights (ckpt.pt)
 
 --out gets ``ckpt.pt`` (atomic; full state: weights, AdamW, EMA, noise generator, step, wall time; --resume
@@ -42,8 +42,9 @@ from . import model
 
 
 def parse_args(argv=None):
-    p = runargs.run_parser(__doc__, out="runs/spell", to="training/spell/checkpoint", batch=16, lr=1e-3, warmup=100,
-                           threads=1, init_from_help="warm-start from a snapshot folder (e.g. training/spell/checkpoint)")
+    p = runargs.run_parser(__doc__, out="runs/spell", to="diffprobe/zoo/spell/weights", batch=16, lr=1e-3,
+                           warmup=100, threads=1,
+                           init_from_help="warm-start from a snapshot folder (e.g. diffprobe/zoo/spell/weights)")
     p.add_argument("--text-lr", type=float, default=1e-3)
     p.add_argument("--no-bf16", action="store_true",
                    help="fp32 everywhere (on CPUs without AMX fp32 is the default: bf16 is ~30x slower there)")
@@ -209,7 +210,7 @@ def export_pipeline(unet, te, tok, ema, path, state: dict):
 
 
 def snapshot(run: pathlib.Path, to: pathlib.Path):
-    """Copy ``run/pipeline`` (EMA, UNet fp16) to ``to`` (e.g. training/spell/checkpoint), atomically."""
+    """Copy ``run/pipeline`` (EMA, UNet fp16) to ``to`` (e.g. diffprobe/zoo/spell/weights), atomically."""
     src = run / "pipeline"
     tmp = to.with_name(to.name + ".tmp")
     if tmp.exists():
