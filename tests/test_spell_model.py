@@ -19,6 +19,13 @@ F1_BAR = 0.9
 COLOUR_BAR = 0.95
 
 
+@pytest.fixture(scope="module")
+def probe():
+    import diffprobe as dp
+
+    return dp.load("spell")
+
+
 @needs_weights
 def test_shipped_folder_is_a_stock_if_pipeline_within_the_size_limit():
     from diffusers import DiffusionPipeline
@@ -35,10 +42,9 @@ def test_shipped_folder_is_a_stock_if_pipeline_within_the_size_limit():
 
 
 @needs_weights
-def test_loads_by_name_with_cross_sites_its_defaults_and_its_word_check():
+def test_loads_by_name_with_cross_sites_its_defaults_and_its_word_check(probe):
     import diffprobe as dp
 
-    probe = dp.load("spell")
     assert probe.adapter.family == "unet"
     assert len(probe.sites.parse("cross:all")) == 12
     assert probe.defaults == {"height": 32, "width": 128, "guidance": 4.0}
@@ -56,14 +62,12 @@ def test_a_misspelt_name_suggests_the_shipped_models():
 
 
 @needs_weights
-def test_identity_patch_changes_nothing_and_the_two_text_sites_write_the_target_word():
+def test_identity_patch_changes_nothing_and_an_inject_at_the_two_text_sites_changes_the_image(probe):
     """Patch(source=the row's own prompt) at cross:9 leaves the image as it was (up to the rounding of batched
     kernels, 1/255: tests/test_engine.py proves the bit-exact K/V copy); Inject of another word's text K/V at
     cross:9 + cross:10 (the study's two sites, docs/science.md) changes the image."""
-    import diffprobe as dp
     from diffprobe import Inject, Patch, Variant
 
-    probe = dp.load("spell")
     cat, dog = spell_data.prompt(0, "CAT"), spell_data.prompt(0, "DOG")
     clean = probe.run([Variant(cat), Variant(dog)], steps=3).images
     same = probe.run([Variant(cat), Variant(dog, (Patch(source=dog, sites="cross:9"),))], steps=3).images
@@ -73,18 +77,16 @@ def test_identity_patch_changes_nothing_and_the_two_text_sites_write_the_target_
 
 
 @needs_weights
-def test_generations_on_held_out_words_are_read_at_the_bar_and_follow_the_template_colours():
+def test_generations_on_held_out_words_are_read_at_the_bar_and_follow_the_template_colours(probe):
     """16 never-trained words of 3-8 letters in the mono face (the face in which the shipped weights meet the bar;
     sans and serif are still training: docs/model-card-spell.md), templates cycled, generated through diffprobe
     (25 steps, guidance 4) and read by Tesseract."""
-    import diffprobe as dp
     from PIL import Image
 
     from diffprobe.metrics import char_f1, exact_match, read_texts
     from training.spell.evaluate import items_for, nearest_template
 
     items = items_for("heldout", N_READ, "mono")
-    probe = dp.load("spell")
     images = probe.generate([spell_data.prompt(t, w, f) for t, w, f in items], steps=25, seed=0).images
     read = list(zip([w for _, w, _ in items], read_texts(images, workers=1)))
     assert np.mean([exact_match(text, word) for word, text in read]) >= READ_BAR, read
