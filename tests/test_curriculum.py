@@ -44,7 +44,8 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 19100) == (13, 19700, curriculum.HALF_JITTER_LONG)
     assert curriculum.stage("spell", 19700) == (14, 20000, curriculum.FACES_RED_SIGN)
     assert curriculum.stage("spell", 20000) == (15, 20400, curriculum.STILL_FACES)  # the snapshot's step
-    assert curriculum.stage("spell", 20400) == (16, None, curriculum.HALF_JITTER_FACES)
+    assert curriculum.stage("spell", 20400) == (16, 22400, curriculum.HALF_JITTER_FACES)
+    assert curriculum.stage("spell", 22400) == (17, None, curriculum.ANNEAL_FACES)
     assert "--jitter-frac 0.5" in curriculum.HALF_JITTER_FACES and "--fonts" not in curriculum.HALF_JITTER_FACES
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
@@ -53,6 +54,19 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
         assert widths == sorted(widths) and set(widths) == {0, 1, 2, 3}, model  # each in turn, never back
     with pytest.raises(SpecError, match="past the last stage"):
         curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
+
+
+def test_spells_last_stage_anneals_the_rate_from_its_start_to_the_plans_end():
+    """The anneal stage is the stage before it plus a cosine decay of the rate: flat (1x) up to step 22400, 0.1x
+    from 24000, where the trainer stops (--steps), falling in between."""
+    from training.spell.train import lr_factor, parse_args
+
+    end = curriculum.PLANS["spell"][-2][0]
+    assert curriculum.ANNEAL_FACES.startswith(curriculum.HALF_JITTER_FACES + " ")
+    args = parse_args([*curriculum.RECIPES["spell"].split(), *curriculum.ANNEAL_FACES.split()])
+    assert args.steps == 24000 and args.jitter_frac == 0.5
+    f = [lr_factor(s, args, start_step=0) for s in (end - 1, end + 800, 23999, 24000, 30000)]
+    assert f[0] == 1.0 and 0.5 < f[1] < 0.6 and 0.1 < f[2] < 0.1001 and f[3] == f[4] == pytest.approx(0.1)
 
 
 def test_stages_prints_one_line_per_stage_for_the_gpu_script():
