@@ -58,14 +58,14 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
 
 def test_spells_last_stage_anneals_the_rate_from_its_start_to_the_plans_end():
     """The anneal stage is the stage before it plus a cosine decay of the rate: flat (1x) up to step 22400, 0.1x
-    from 24000, where the trainer stops (--steps), falling in between."""
+    from 23600, where the trainer stops (--steps), falling in between."""
     from training.spell.train import lr_factor, parse_args
 
     end = curriculum.PLANS["spell"][-2][0]
     assert curriculum.ANNEAL_FACES.startswith(curriculum.HALF_JITTER_FACES + " ")
     args = parse_args([*curriculum.RECIPES["spell"].split(), *curriculum.ANNEAL_FACES.split()])
-    assert args.steps == 24000 and args.jitter_frac == 0.5
-    f = [lr_factor(s, args, start_step=0) for s in (end - 1, end + 800, 23999, 24000, 30000)]
+    assert args.steps == 23600 and args.jitter_frac == 0.5
+    f = [lr_factor(s, args, start_step=0) for s in (end - 1, end + 600, 23599, 23600, 30000)]
     assert f[0] == 1.0 and 0.5 < f[1] < 0.6 and 0.1 < f[2] < 0.1001 and f[3] == f[4] == pytest.approx(0.1)
 
 

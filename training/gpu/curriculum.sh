@@ -45,7 +45,7 @@ case "$MODEL" in
     # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain,
     # then the same ramp (red sign, all unjittered, half jittered), again from step 17000 with the slot-letter
     # tokens; all lengths through the same ramp; all faces through it, ending half jittered (never fully); then
-    # the same data with the rate annealed to the plan's end (step 24000)
+    # the same data with the rate annealed to the plan's end (step 23600)
     DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.04 0.06 0.1 0.05 0.1 0.3 0.1" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
