@@ -5,11 +5,14 @@ issue 14); writes a markdown summary.
     python examples/open_vocab_localization.py [--pairs 16] [--t-starts 5,10,15] [--ts-sites 2]
         [--out runs/mmdit_science] [--summary out.md] [--model training/mmdit/checkpoint --max-letters 3 --font mono]
     python examples/open_vocab_localization.py --model spell [--font mono] ...
+    python examples/open_vocab_localization.py --model spell --bench simple ...   # the paper's SimpleBench pairs
 
 1. Layer sweep, from step 0 of 25, for N source/target pairs of words the model never saw in training
    (``spell_pairs(N, seed=1)``: same template, another held-out word; with ``--max-letters``/``--font``,
    held-out words of 3 to that many letters in that face: what a curriculum snapshot such as
-   ``training/mmdit/checkpoint`` writes). A joint-attention model: ``Patch`` one joint block at a time (its K/V,
+   ``training/mmdit/checkpoint`` writes); with ``--bench simple``, the paper's own prompt ``A sign that says
+   "<word>".`` for pairs of English words of 3-8 letters from four frequency buckets (``simple_bench(N, seed=1)``,
+   training and held-out words alike: no colour, template or face named). A joint-attention model: ``Patch`` one joint block at a time (its K/V,
    image and text streams alike, from the target prompt's run in the same batch); a UNet: ``Inject`` the target
    prompt's text K/V into one cross-attention site at a time (as docs/science.md on `glyph`).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import diffprobe as dp
+from diffprobe.bench import simple_bench
 from diffprobe.experiments import Experiment, count_follow_up, run
 from diffprobe.glyph_bench import spell_pairs
 from diffprobe.results import share_baselines
@@ -50,12 +54,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--model", default="glyph-mmdit",
                     help="a shipped model (glyph-mmdit, spell), or a trainer snapshot's folder")
+    ap.add_argument("--bench", choices=("heldout", "simple"), default="heldout",
+                    help="heldout: the model's own prompts with held-out words; simple: the paper's SimpleBench pairs")
     ap.add_argument("--max-letters", type=int, default=None, help="held-out words of 3 to this many letters only")
     ap.add_argument("--font", default=None, help="ask for this face (mono, sans, serif)")
     ap.add_argument("--rank-by", choices=("f1", "moved"), default="f1",
                     help="order of the layer count and t_s sweep: OCR F1 to the target (the paper's), or 'moved' "
                          "(pixels; robust where OCR reads little)")
     args = ap.parse_args()
+    if args.bench == "simple" and (args.max_letters or args.font):
+        ap.error("--bench simple draws its own words and names no face: drop --max-letters and --font")
 
     shipped = {glyph_mmdit.NAME: glyph_mmdit.default_model_path(), spell.NAME: spell.default_model_path()}
     folder = shipped.get(args.model, Path(args.model))
@@ -65,7 +73,8 @@ def main() -> None:
     probe = dp.load(args.model)
     joint = "joint" in probe.sites.kinds
     intervention, sites = ("patch", "joint:all") if joint else ("inject", "cross:all")
-    pairs = tuple(spell_pairs(args.pairs, seed=1, max_letters=args.max_letters, font=args.font))
+    pairs = tuple(simple_bench(args.pairs, seed=1) if args.bench == "simple" else
+                  spell_pairs(args.pairs, seed=1, max_letters=args.max_letters, font=args.font))
     spec = Experiment(model=args.model, pairs=pairs, intervention=intervention, sites=sites, t_starts=(0,),
                       steps=25, batch_size=args.batch_size)
     ds = run(spec, probe=probe, store=args.out / "layers", progress=lambda d, n: print(f"layers {d}/{n}", flush=True))
@@ -87,7 +96,8 @@ def main() -> None:
     how = "`Patch` (K/V from the target prompt's run)" if joint else "`Inject` (the target prompt's text K/V)"
     words = (f" of 3-{args.max_letters} letters" if args.max_letters else "") + (f" in {args.font}" if args.font else "")
     guidance = probe.defaults.get("guidance", "the pipeline default")
-    lines = [f"Model `{args.model}` ({denoiser} weights sha256 {digest}), {len(pairs)} pairs of held-out words{words}, "
+    kind = "SimpleBench pairs (`A sign that says \"<word>\".`)" if args.bench == "simple" else "pairs of held-out words"
+    lines = [f"Model `{args.model}` ({denoiser} weights sha256 {digest}), {len(pairs)} {kind}{words}, "
              f"{how}, 25 steps, seed 0, guidance {guidance}.", ""]
     lines += [f"Unpatched source images: OCR F1 to source {baseline(ds, 'source', 'ocr_f1_source'):.2f}, "
               f"to target {baseline(ds, 'source', 'ocr_f1_target'):.2f}; unpatched target images: OCR F1 to target "
