@@ -45,7 +45,8 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
     assert curriculum.stage("spell", 19700) == (14, 20000, curriculum.FACES_RED_SIGN)
     assert curriculum.stage("spell", 20000) == (15, 20400, curriculum.STILL_FACES)  # the snapshot's step
     assert curriculum.stage("spell", 20400) == (16, 22400, curriculum.HALF_JITTER_FACES)
-    assert curriculum.stage("spell", 22400) == (17, None, curriculum.ANNEAL_FACES)
+    assert curriculum.stage("spell", 22400) == (17, 23600, curriculum.ANNEAL_FACES)
+    assert curriculum.stage("spell", 23600) == (18, None, curriculum.LOW_RATE_FACES)  # the shipped weights' step
     assert "--jitter-frac 0.5" in curriculum.HALF_JITTER_FACES and "--fonts" not in curriculum.HALF_JITTER_FACES
     for model, plan in curriculum.PLANS.items():
         ends = [end for end, _ in plan]
@@ -56,17 +57,22 @@ def test_each_step_falls_in_one_stage_whose_end_is_after_it():
         curriculum.stage("spell", 50, plan=((10, ""), (20, "")))
 
 
-def test_spells_last_stage_anneals_the_rate_from_its_start_to_the_plans_end():
+def test_spell_anneals_the_rate_then_goes_on_at_the_annealed_rate():
     """The anneal stage is the stage before it plus a cosine decay of the rate: flat (1x) up to step 22400, 0.1x
-    from 23600, where the trainer stops (--steps), falling in between."""
+    from 23600, falling in between; the stage after it goes on at 0.1x, flat."""
     from training.spell.train import lr_factor, parse_args
 
-    end = curriculum.PLANS["spell"][-2][0]
+    end = curriculum.PLANS["spell"][-3][0]  # where the anneal starts
+    assert curriculum.PLANS["spell"][-2] == (23600, curriculum.ANNEAL_FACES)
     assert curriculum.ANNEAL_FACES.startswith(curriculum.HALF_JITTER_FACES + " ")
     args = parse_args([*curriculum.RECIPES["spell"].split(), *curriculum.ANNEAL_FACES.split()])
     assert args.steps == 23600 and args.jitter_frac == 0.5
     f = [lr_factor(s, args, start_step=0) for s in (end - 1, end + 600, 23599, 23600, 30000)]
     assert f[0] == 1.0 and 0.5 < f[1] < 0.6 and 0.1 < f[2] < 0.1001 and f[3] == f[4] == pytest.approx(0.1)
+    low = parse_args([*curriculum.RECIPES["spell"].split(), *curriculum.LOW_RATE_FACES.split()])
+    assert curriculum.LOW_RATE_FACES.startswith(curriculum.HALF_JITTER_FACES + " ")
+    rates = [(low.lr * lr_factor(s, low, start_step=0), low.text_lr * lr_factor(s, low, start_step=0)) for s in (23600, 60000)]
+    assert rates == [pytest.approx((args.lr * 0.1, args.text_lr * 0.1))] * 2
 
 
 def test_stages_prints_one_line_per_stage_for_the_gpu_script():

@@ -6,8 +6,8 @@
 # MINUTES in all (default 8, split by STAGE_SHARES), and write the run (EMA pipeline, logs) to $OUT/$MODEL.tar.
 #   FROM (mmdit): the committed curriculum snapshot training/mmdit/checkpoint (step 31245), else the shipped weights
 #                 (27284; --reinit-letters keeps their trained letter codes);  (spell): diffprobe/zoo/spell/weights
-#                 (raw step 20300: words of 1-8 letters in mono, slot-letter tokens, the three faces on
-#                 every template unjittered; from stage 16/17 on: then half of them jittered).
+#                 (raw step 23600: words of 1-8 letters in all three faces, at the end of the annealed
+#                 stage 18/19; from it the run goes on at the annealed rate, stage 19/19).
 # It runs the stages from the one FROM's step is in (a snapshot is past the stages before it), their shares scaled
 # up to MINUTES; RECAP=1 runs every stage from the first.
 # Back here: training/gpu/unpack.sh <files_at>/$MODEL.tar
@@ -45,8 +45,8 @@ case "$MODEL" in
     # letters: one template, then all, without jitter; then half, then all jittered; words of <= 3 letters: plain,
     # then the same ramp (red sign, all unjittered, half jittered), again from step 17000 with the slot-letter
     # tokens; all lengths through the same ramp; all faces through it, ending half jittered (never fully); then
-    # the same data with the rate annealed to the plan's end (step 23600)
-    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.04 0.06 0.1 0.05 0.1 0.3 0.1" ;;
+    # the same data with the rate annealed (to 0.1x at step 23600), then on at that rate
+    DEFAULT_SHARES="0.03 0.05 0.05 0.1 0.02 0.08 0.08 0.1 0.03 0.04 0.06 0.04 0.06 0.1 0.05 0.1 0.3 0.1 0.1" ;;
   *) echo "MODEL=$MODEL: mmdit or spell"; exit 2 ;;
 esac
 FIRST=0
