@@ -77,16 +77,18 @@ def test_identity_patch_changes_nothing_and_an_inject_at_the_two_text_sites_chan
 
 
 @needs_weights
-def test_generations_on_held_out_words_are_read_at_the_bar_and_follow_the_template_colours(probe):
-    """16 never-trained words of 3-8 letters in the mono face (the face in which the shipped weights meet the bar;
-    sans and serif are still training: docs/model-card-spell.md), templates cycled, generated through diffprobe
-    (25 steps, guidance 4) and read by Tesseract."""
+@pytest.mark.parametrize("face", ["mono", "sans"])
+def test_generations_on_held_out_words_are_read_at_the_bar_and_follow_the_template_colours(probe, face):
+    """16 never-trained words of 3-8 letters in a face, templates cycled, generated through diffprobe (25 steps,
+    guidance 4) and read by Tesseract. Mono and sans read 1.00 exact on these 16 (docs/model-card-spell.md); serif
+    meets the bar on the 64 words by one word (0.70) and reads 0.75 on these 16, one word above it: a test there
+    would measure the CPU's rounding, not the model, so it is not one."""
     from PIL import Image
 
     from diffprobe.metrics import char_f1, exact_match, read_texts
     from training.spell.evaluate import items_for, nearest_template
 
-    items = items_for("heldout", N_READ, "mono")
+    items = items_for("heldout", N_READ, face)
     images = probe.generate([spell_data.prompt(t, w, f) for t, w, f in items], steps=25, seed=0).images
     read = list(zip([w for _, w, _ in items], read_texts(images, workers=1)))
     assert np.mean([exact_match(text, word) for word, text in read]) >= READ_BAR, read
