@@ -12,9 +12,10 @@ issue 14); writes a markdown summary.
    held-out words of 3 to that many letters in that face: what a curriculum snapshot such as
    ``training/mmdit/checkpoint`` writes); with ``--bench simple``, the paper's own prompt ``A sign that says
    "<word>".`` for pairs of English words of 3-8 letters from four frequency buckets (``simple_bench(N, seed=1)``,
-   training and held-out words alike: no colour, template or face named). A joint-attention model: ``Patch`` one joint block at a time (its K/V,
-   image and text streams alike, from the target prompt's run in the same batch); a UNet: ``Inject`` the target
-   prompt's text K/V into one cross-attention site at a time (as docs/science.md on `glyph`).
+   training and held-out words alike: no colour, template or face named). A joint-attention model: ``Patch``
+   one joint block at a time (its K/V, image and text streams alike, from the target prompt's run in the same
+   batch); a UNet: ``Inject`` the target prompt's text K/V into one cross-attention site at a time (as
+   docs/science.md on `glyph`).
 2. t_s sweep: the top sites of step 1 (``--ts-sites``), patched only from step t_s on.
 3. Layer-count trade-off: the top 1, 2, 3, 5 and all sites together.
 Scores as docs/science.md, plus "moved to target" from the pixels alone (diffprobe's ``moved_target``): OCR F1 /

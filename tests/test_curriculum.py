@@ -71,7 +71,8 @@ def test_spell_anneals_the_rate_then_goes_on_at_the_annealed_rate():
     assert f[0] == 1.0 and 0.5 < f[1] < 0.6 and 0.1 < f[2] < 0.1001 and f[3] == f[4] == pytest.approx(0.1)
     low = parse_args([*curriculum.RECIPES["spell"].split(), *curriculum.LOW_RATE_FACES.split()])
     assert curriculum.LOW_RATE_FACES.startswith(curriculum.HALF_JITTER_FACES + " ")
-    rates = [(low.lr * lr_factor(s, low, start_step=0), low.text_lr * lr_factor(s, low, start_step=0)) for s in (23600, 60000)]
+    rates = [(low.lr * lr_factor(s, low, start_step=0), low.text_lr * lr_factor(s, low, start_step=0))
+             for s in (23600, 60000)]
     assert rates == [pytest.approx((args.lr * 0.1, args.text_lr * 0.1))] * 2
 
 

@@ -65,7 +65,9 @@ HALF_JITTER_FACES = STAGES[3] + " --jitter-frac 0.5"
 #: twenty-second session the EMA weights of step 22100 read held-out sans words at 0.81 exact where the raw weights
 #: read 0.62 (serif 0.56, mono 1.00), so averaging, which annealing does in the weights themselves, was worth more
 #: than further steps at the flat rate (raw 23600: sans 1.00, serif 0.75 on the same 16 words)
-ANNEAL_FACES = HALF_JITTER_FACES + " --steps 23600 --decay-from 0.9492"
+ANNEAL_FROM, ANNEAL_TO = 22400, 23600
+#: (--decay-from as the run had it: the cosine starts at int(0.9492 * 23600) = 22401, one step into the stage)
+ANNEAL_FACES = HALF_JITTER_FACES + f" --steps {ANNEAL_TO} --decay-from 0.9492"
 #: after it the same data at the annealed rate (0.1x: 5e-5, text 3e-5), flat and open-ended, so that a later run
 #: (on a CPU or a lent GPU) goes on from the shipped weights without climbing back to the rate they left
 LOW_RATE_FACES = HALF_JITTER_FACES + " --lr 5e-5 --text-lr 3e-5"
@@ -88,8 +90,8 @@ PLANS = {
               (14500, STAGES[1]), (15100, WORDS_RED_SIGN), (15700, STILL_WORDS), (17000, HALF_JITTER_WORDS),
               (17300, WORDS_RED_SIGN), (17700, STILL_WORDS), (18400, HALF_JITTER_WORDS),
               (18700, LONG_RED_SIGN), (19100, STILL_LONG), (19700, HALF_JITTER_LONG),
-              (20000, FACES_RED_SIGN), (20400, STILL_FACES), (22400, HALF_JITTER_FACES),
-              (23600, ANNEAL_FACES), (None, LOW_RATE_FACES)),
+              (20000, FACES_RED_SIGN), (20400, STILL_FACES), (ANNEAL_FROM, HALF_JITTER_FACES),
+              (ANNEAL_TO, ANNEAL_FACES), (None, LOW_RATE_FACES)),
 }
 RECIPES = {
     "mmdit": "--zero-pooled --lr 4e-4 --steps 60000",  # runs 2-7 of glyph-mmdit
